@@ -394,8 +394,14 @@ def save_config(config: MetNetConfig, path: str | Path) -> None:
 # ----------------------------------------------------------------------------- validation
 
 
+#: Fields that may legitimately be negative (projected coordinates).
+_SIGNED_FIELDS = {"x_min_m", "y_max_m"}
+
+
 def _check_positive(section: Any, prefix: str, errors: list[str]) -> None:
     for f in dataclasses.fields(section):
+        if f.name in _SIGNED_FIELDS:
+            continue
         value = getattr(section, f.name)
         values = value if isinstance(value, tuple) else (value,)
         for v in values:
