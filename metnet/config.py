@@ -365,10 +365,15 @@ def config_from_dict(data: dict[str, Any], source: str | None = None) -> MetNetC
             given = {}
         values.update(given)
         sections[name] = _build_section(cls, values, name, errors)
+    config = MetNetConfig(**sections)
+    try:
+        validate(config)
+    except ConfigError as exc:
+        errors += exc.errors
+    except TypeError:
+        pass  # a wrongly typed value, already reported, breaks the cross-field rules
     if errors:
         raise ConfigError(errors, source)
-    config = MetNetConfig(**sections)
-    validate(config, source)
     return config
 
 
