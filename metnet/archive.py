@@ -931,7 +931,13 @@ class Archive:
         if variable not in self._meta["variables"]:
             return result
         index, inside = self._index(slots)
-        if inside.any():
+        if not inside.any():
+            return result
+        if self._local:
+            # A set flag is an existing chunk file: a stat each beats zarr's reads 100x.
+            folder = f"{self._root}/availability/{variable}/c"
+            result[inside] = [os.path.exists(f"{folder}/{i}") for i in index[inside]]
+        else:
             wanted, inverse = np.unique(index[inside], return_inverse=True)
             got = self._array(f"availability/{variable}").get_orthogonal_selection((wanted,))
             result[inside] = got[inverse] == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
@@ -94,6 +95,66 @@ def export(
         raise typer.Exit(code=1) from exc
     for fmt, paths in written.items():
         typer.echo(f"{fmt}: {len(paths)} file(s) in {out}")
+
+
+
+def _preset_and_file(preset_name: str | None, config_file: Path | None):
+    """The config of ``--preset`` with ``--config``'s keys on top (either alone works;
+    neither is the paper preset). A file naming another preset than ``--preset`` is an error."""
+    import yaml
+
+    from metnet.config import config_from_dict, preset
+
+    if config_file is None:
+        return preset(preset_name or "paper")
+    config = load_config(config_file)  # reports unreadable files and bad keys, naming the file
+    if preset_name is None:
+        return config
+    data = yaml.safe_load(config_file.read_text()) or {}
+    named = data.get("preset")
+    if named is not None and str(named).lower() != preset_name.lower():
+        raise ConfigError([f"preset: the file names {named!r} but --preset is {preset_name!r}"], str(config_file))
+    return config_from_dict({**data, "preset": preset_name}, source=str(config_file))
+
+
+@app.command("train")
+def train_command(
+    archive: str = typer.Option(..., "--archive", help="Archive zarr store (path or URL)."),
+    preset_name: str | None = typer.Option(None, "--preset", help="paper, small or tiny (default: paper)."),
+    config_file: Path | None = typer.Option(None, "--config", help="YAML config; its keys override --preset."),
+    steps: int = typer.Option(..., "--steps", min=1, help="Total optimiser steps, earlier runs included."),
+    out: Path = typer.Option(..., "--out", help="Folder for checkpoints/ and metrics.csv."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the latest checkpoint in --out."),
+    checkpoint_every: int = typer.Option(1000, "--checkpoint-every", min=0, help="Steps between checkpoints (0: end only)."),
+    val_every: int = typer.Option(500, "--val-every", min=0, help="Steps between validations (0: end only)."),
+    val_examples: int = typer.Option(64, "--val-examples", min=1, help="Size of the fixed validation set."),
+    train_start: str | None = typer.Option(None, "--train-start", help="First training time (UTC), e.g. 2019-06-01T00:00."),
+    train_end: str | None = typer.Option(None, "--train-end", help="Last training time (UTC)."),
+    val_start: str | None = typer.Option(None, "--val-start", help="First validation time (UTC)."),
+    val_end: str | None = typer.Option(None, "--val-end", help="Last validation time (UTC)."),
+    workers: int = typer.Option(0, "--workers", min=0, help="DataLoader worker processes."),
+    device: str | None = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
+) -> None:
+    """Train MetNet on an archive; run under torchrun for several processes (DDP).
+
+    Periods not given default to the archive's time range split 80/20 into training and
+    validation. Only rank 0 prints and writes files.
+    """
+    from metnet.train import train
+
+    try:
+        config = _preset_and_file(preset_name, config_file)
+        result = train(
+            config, archive, out, steps, resume=resume, checkpoint_every=checkpoint_every,
+            val_every=val_every, val_examples=val_examples, train_period=(train_start, train_end),
+            val_period=(val_start, val_end), workers=workers, device=device,
+        )  # fmt: skip
+    except ValueError as exc:  # config, archive, dataset, checkpoint and training errors
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=1) from exc
+    if int(os.environ.get("RANK", "0")) == 0:
+        last = f", validation loss {result.val_losses[result.step]:.4f}" if result.step in result.val_losses else ""
+        typer.echo(f"trained to step {result.step}{last}; checkpoint {result.checkpoint}")
 
 
 if __name__ == "__main__":

@@ -271,11 +271,11 @@ def export_png(
     grid = grid_of(forecast)
     written = []
     for product in chosen:
-        data = product.select(forecast)
-        for lead in leads:
-            path = _output_path(out, _file_name(forecast, product, int(lead), "png"))
+        frames = _map_frames(product.select(forecast), grid, forecast, product, leads)
+        for lead, png in frames:
+            path = _output_path(out, _file_name(forecast, product, lead, "png"))
             with _atomic(path) as tmp:
-                tmp.write_bytes(_render_png(data, grid, forecast, product, int(lead)))
+                tmp.write_bytes(png)
             written.append(path)
             log.info("wrote %s", path)
     return written
@@ -295,12 +295,11 @@ def export_gif(
     grid = grid_of(forecast)
     written = []
     for product in chosen:
-        data = product.select(forecast)
         frames = [
-            Image.open(io.BytesIO(_render_png(data, grid, forecast, product, int(lead))))
+            Image.open(io.BytesIO(png))
             .convert("RGB")
             .quantize(colors=256, method=Image.Quantize.MEDIANCUT)
-            for lead in leads
+            for _, png in _map_frames(product.select(forecast), grid, forecast, product, leads)
         ]
         path = _output_path(out, f"{_stamp(forecast)}_{product.name}.gif")
         with _atomic(path) as tmp:
@@ -510,24 +509,26 @@ def _style(product: Product) -> dict[str, Any]:
     return dict(cmap=cmap, norm=norm, ticks=ticks, labels=labels, label=label, extend=extend)
 
 
-def _render_png(
-    data: xr.DataArray, grid: Grid, forecast: xr.Dataset, product: Product, lead: int
-) -> bytes:
-    """The PNG map of ``data`` (``(lead_time, y, x)``) at ``lead`` minutes, as bytes."""
+def _map_frames(
+    data: xr.DataArray, grid: Grid, forecast: xr.Dataset, product: Product, leads: np.ndarray
+) -> Iterator[tuple[int, bytes]]:
+    """``(lead, PNG bytes)`` of the map of ``data`` (``(lead_time, y, x)``) at each lead.
+
+    One figure serves every lead time: the layout is computed on the first frame, then
+    only the image and the title change.
+    """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    values = np.asarray(data.sel(lead_time=lead), dtype=np.float32)  # (y, x)
     style = _style(product)
     x_min, y_min, x_max, y_max = (v / 1000.0 for v in grid.bounds)  # km
-    t0 = np.datetime64(forecast["forecast_reference_time"].values, "m").astype(datetime)
-    valid = (np.datetime64(t0) + np.timedelta64(lead, "m")).astype(datetime)
+    t0 = np.datetime64(forecast["forecast_reference_time"].values, "m")
 
     fig = Figure(figsize=FIGURE_SIZE_IN, dpi=_DPI, layout="constrained")
     FigureCanvasAgg(fig)  # Agg backend without pyplot's global state
     ax = fig.add_subplot()
     image = ax.imshow(
-        values,
+        np.full(grid.shape, np.nan, dtype=np.float32),  # (y, x), filled per lead time
         extent=(x_min, x_max, y_min, y_max),
         origin="upper",  # row 0 is the northernmost row
         cmap=style["cmap"],
@@ -538,16 +539,20 @@ def _render_png(
     bar = fig.colorbar(image, ax=ax, extend=style["extend"], ticks=style["ticks"], shrink=0.9)
     bar.ax.set_yticklabels(style["labels"])
     bar.set_label(style["label"])
-    fig.suptitle(
-        f"{product.title}\nforecast {t0:%Y-%m-%d %H:%M} UTC, lead time +{lead} min, "
-        f"valid {valid:%Y-%m-%d %H:%M} UTC",
-        fontsize=11,
-    )
+    title = fig.suptitle("", fontsize=11)
     ax.set_xlabel(f"easting (km, {grid.crs.name}); grey: no forecast")
     ax.set_ylabel("northing (km)")
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=_DPI)
-    return buffer.getvalue()
+    for lead in leads:
+        image.set_data(np.asarray(data.sel(lead_time=lead), dtype=np.float32))  # (y, x)
+        valid = t0 + np.timedelta64(int(lead), "m")
+        title.set_text(
+            f"{product.title}\nforecast {t0.astype(datetime):%Y-%m-%d %H:%M} UTC, "
+            f"lead time +{int(lead)} min, valid {valid.astype(datetime):%Y-%m-%d %H:%M} UTC"
+        )
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=_DPI)
+        fig.set_layout_engine("none")  # keep the first frame's layout for the others
+        yield int(lead), buffer.getvalue()
 
 
 def _graticule(ax: Any, grid: Grid) -> None:
@@ -565,4 +570,8 @@ def _graticule(ax: Any, grid: Grid) -> None:
             x, y, field_deg, levels=levels * step, colors="#505050", linewidths=0.5,
             linestyles="dotted",
         )  # fmt: skip
-        ax.clabel(lines, fontsize=7, fmt=lambda v, h=east_north: f"{abs(v):g}°{h[int(v < 0)]}")
+        labels = ax.clabel(
+            lines, fontsize=7, fmt=lambda v, h=east_north: f"{abs(v):g}°{h[int(v < 0)]}"
+        )
+        for label in labels:  # legible on dark colours too
+            label.set_bbox(dict(facecolor="white", alpha=0.7, edgecolor="none", pad=0.5))

@@ -43,9 +43,9 @@ Axis = int | Sequence[int] | None
 DEFAULT_PROBABILITY_THRESHOLDS = np.linspace(0.0, 1.0, 101)
 
 
-def _label(**kwargs: Any) -> Any:
+def _label() -> Any:
     """A dataclass field that identifies the statistics (must match to add), not a sum."""
-    return field(metadata={"label": True}, **kwargs)
+    return field(metadata={"label": True})
 
 
 @dataclass(frozen=True, eq=False)
@@ -96,13 +96,13 @@ class Contingency(_Sums):
     """(R,) rate thresholds, mm/h; an event is ``rate >= threshold``."""
     probability_thresholds: np.ndarray | None = _label()
     """(P,) increasing probability thresholds, or None for deterministic forecasts."""
-    hits: np.ndarray = field()
+    hits: np.ndarray
     """Event forecast and observed."""
-    misses: np.ndarray = field()
+    misses: np.ndarray
     """Event observed, not forecast."""
-    false_alarms: np.ndarray = field()
+    false_alarms: np.ndarray
     """Event forecast, not observed."""
-    correct_negatives: np.ndarray = field()
+    correct_negatives: np.ndarray
     """Event neither forecast nor observed."""
 
 
@@ -112,11 +112,11 @@ class BrierSums(_Sums):
 
     thresholds: np.ndarray = _label()
     """(R,) rate thresholds, mm/h."""
-    squared_error: np.ndarray = field()
+    squared_error: np.ndarray
     """Sum of (probability - event)^2."""
-    events: np.ndarray = field()
+    events: np.ndarray
     """Number of observed events."""
-    count: np.ndarray = field()
+    count: np.ndarray
     """Number of valid pairs."""
 
 
@@ -128,11 +128,11 @@ class ReliabilitySums(_Sums):
     """(R,) rate thresholds, mm/h."""
     bin_edges: np.ndarray = _label()
     """(n_bins + 1,) probability bin edges ``k / n_bins``; bin k holds ``[k/n, (k+1)/n)``."""
-    count: np.ndarray = field()
+    count: np.ndarray
     """Number of valid pairs per bin, int64."""
-    probability: np.ndarray = field()
+    probability: np.ndarray
     """Sum of the forecast probabilities per bin, float64."""
-    events: np.ndarray = field()
+    events: np.ndarray
     """Number of observed events per bin, int64."""
 
 
@@ -140,9 +140,9 @@ class ReliabilitySums(_Sums):
 class CRPSSums(_Sums):
     """Sums for the mean CRPS: ``(*kept)``."""
 
-    total: np.ndarray = field()
+    total: np.ndarray
     """Sum of the CRPS, mm/h, float64."""
-    count: np.ndarray = field()
+    count: np.ndarray
     """Number of valid pixels, int64."""
 
 

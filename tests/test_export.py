@@ -172,8 +172,9 @@ def test_cog_is_valid_and_georeferenced(forecast, grid, tmp_path):
 
 def _colors(path: Path) -> set[tuple[int, int, int]]:
     with Image.open(path) as image:
-        rgb = np.asarray(image.convert("RGB")).reshape(-1, 3)  # (pixels, 3)
-    return {tuple(int(v) for v in c) for c in np.unique(rgb, axis=0)}
+        rgb = np.asarray(image.convert("RGB"), dtype=np.int64).reshape(-1, 3)  # (pixels, 3)
+    packed = np.unique(rgb[:, 0] << 16 | rgb[:, 1] << 8 | rgb[:, 2])  # (colours,)
+    return {(int(c >> 16), int(c >> 8 & 255), int(c & 255)) for c in packed}
 
 
 def test_png_maps(forecast, tmp_path):

@@ -118,6 +118,20 @@ def test_gzipped_file_from_a_file_url(pair, tmp_path):
     assert unzipped.time == field.time
 
 
+def test_other_products_by_name(template, tmp_path):
+    """A reflectivity file (the real message relabelled 209/3/57): its own variable name and
+    units, and its missing rule (only codes below -90 dBZ are missing; -3 dBZ is valid)."""
+    name = "MRMS_ReflectivityAtLowestAltitude_00.50_20190610-000000.grib2"
+    path = write_message(template, tmp_path / name, parameterCategory=3, parameterNumber=57)
+    source = get_source("mrms", product="ReflectivityAtLowestAltitude_00.50")
+    ds = source.read(str(path), Grid(RAINY))
+    assert list(ds.data_vars) == ["reflectivity_at_lowest_altitude"]
+    reflectivity = ds["reflectivity_at_lowest_altitude"]
+    assert reflectivity.attrs["units"] == "dBZ"
+    assert not np.isnan(reflectivity.values).any()
+    assert reflectivity.values.min() == -3.0
+
+
 # ----------------------------------------------------------------------------- names and discovery
 
 
@@ -140,14 +154,18 @@ def test_time_of_both_naming_styles():
 def test_time_of_rejects_other_names():
     with pytest.raises(SourceError, match=r"notes\.txt: not an MRMS file name"):
         MRMSSource().time_of("/data/notes.txt")
-    with pytest.raises(SourceError, match=r"PrecipRate_00\.00_20191310-000000\.grib2: invalid date"):
+    with pytest.raises(
+        SourceError, match=r"PrecipRate_00\.00_20191310-000000\.grib2: invalid date"
+    ):
         MRMSSource().time_of("PrecipRate_00.00_20191310-000000.grib2")
 
 
 def test_discover_the_real_folder_by_time(mrms_files):
     folder = str(mrms_files[0].parents[3])  # .../mrms, files under 2019/06/10
     source = MRMSSource()
-    found = source.discover(folder, np.datetime64("2019-06-10T00:10"), np.datetime64("2019-06-10T00:20"))
+    found = source.discover(
+        folder, np.datetime64("2019-06-10T00:10"), np.datetime64("2019-06-10T00:20")
+    )
     assert [Path(p).name for p in found] == [f.name for f in mrms_files[5:11]]
     assert len(source.discover(folder, None, None)) == 25
     assert source.discover(folder, np.datetime64("2019-06-11"), None) == []
@@ -158,7 +176,11 @@ def test_discover_a_bucket_layout_by_date_prefix(tmp_path):
     """``.../PrecipRate_00.00/YYYYMMDD/MRMS_...grib2.gz`` through a file:// URL; folders of
     other days are not entered (the misplaced 00:10 file in 20190611 is never seen)."""
     root = tmp_path / "CONUS" / "PrecipRate_00.00"
-    for day, times in {"20190609": ["235800"], "20190610": ["000000", "000200", "000400"], "20190611": []}.items():
+    for day, times in {
+        "20190609": ["235800"],
+        "20190610": ["000000", "000200", "000400"],
+        "20190611": [],
+    }.items():
         (root / day).mkdir(parents=True)
         for t in times:
             (root / day / f"MRMS_PrecipRate_00.00_{day}-{t}.grib2.gz").touch()
@@ -212,7 +234,9 @@ def test_not_gzip(tmp_path):
 
 
 def test_wrong_product_in_the_message(template, tmp_path):
-    path = write_message(template, tmp_path / "PrecipRate_00.00_20190610-000000.grib2", parameterNumber=37)
+    path = write_message(
+        template, tmp_path / "PrecipRate_00.00_20190610-000000.grib2", parameterNumber=37
+    )
     with pytest.raises(
         SourceError,
         match=rf"{path}: the file name says PrecipRate \(GRIB2 discipline/category/parameter "
@@ -224,7 +248,9 @@ def test_wrong_product_in_the_message(template, tmp_path):
 def test_file_renamed_to_another_product(mrms_files, tmp_path):
     path = tmp_path / "MultiSensor_QPE_01H_Pass2_00.00_20190610-000000.grib2"
     path.symlink_to(mrms_files[0])
-    with pytest.raises(SourceError, match=r"says MultiSensor_QPE_01H_Pass2 .* holds 209/6/1 \(PrecipRate\)"):
+    with pytest.raises(
+        SourceError, match=r"says MultiSensor_QPE_01H_Pass2 .* holds 209/6/1 \(PrecipRate\)"
+    ):
         decode(str(path))
     with pytest.raises(SourceError, match=r"expected an MRMS PrecipRate_00.00 file"):
         MRMSSource().read(str(tmp_path / "PrecipFlag_00.00_20190610-000000.grib2"), Grid(RAINY))
@@ -249,12 +275,17 @@ def test_cropped_message_is_on_an_unexpected_grid(template, tmp_path):
     message["values"] = np.linspace(0.0, 5.0, 100 * 200).reshape(100, 200)
     path = tmp_path / "PrecipRate_00.00_20190610-000000.grib2"
     path.write_bytes(message.tostring())
-    with pytest.raises(SourceError, match=rf"{path}: not on the MRMS CONUS grid .*Nj = 100 \(expected 3500\); Ni = 200"):
+    with pytest.raises(
+        SourceError,
+        match=rf"{path}: not on the MRMS CONUS grid .*Nj = 100 \(expected 3500\); Ni = 200",
+    ):
         decode(str(path))
 
 
 def test_unknown_product_in_the_file_name(tmp_path):
-    with pytest.raises(SourceError, match=r"Rain_00\.00_20190610-000000\.grib2: unknown MRMS product 'Rain'"):
+    with pytest.raises(
+        SourceError, match=r"Rain_00\.00_20190610-000000\.grib2: unknown MRMS product 'Rain'"
+    ):
         decode(str(tmp_path / "Rain_00.00_20190610-000000.grib2"))
 
 

@@ -41,7 +41,7 @@ def test_unknown_name_lists_the_valid_names():
 def test_invalid_option_lists_the_accepted_ones():
     with pytest.raises(
         ValueError,
-        match=r"source 'mrms': invalid options \['colour'\].*accepted options: product, storage_options",
+        match=r"source 'mrms': invalid options \['colour'\].*accepted options: product, storage_",
     ):
         get_source("mrms", colour="red")
 

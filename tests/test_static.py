@@ -85,8 +85,12 @@ def test_projected_geotiff_dem(tmp_path):
     x0, y0 = to_utm.transform(-96.4, 35.8)
     xs = x0 + 250.0 + 500.0 * np.arange(200)
     ys = y0 - 250.0 - 500.0 * np.arange(150)
-    lon, lat = pyproj.Transformer.from_crs(utm, "EPSG:4326", always_xy=True).transform(*np.meshgrid(xs, ys))
-    dem = xr.DataArray(terrain(lon, lat).astype(np.float32), dims=("y", "x"), coords={"y": ys, "x": xs})
+    lon, lat = pyproj.Transformer.from_crs(utm, "EPSG:4326", always_xy=True).transform(
+        *np.meshgrid(xs, ys)
+    )
+    dem = xr.DataArray(
+        terrain(lon, lat).astype(np.float32), dims=("y", "x"), coords={"y": ys, "x": xs}
+    )
     path = tmp_path / "utm.tiff"
     dem.rio.write_crs(utm).rio.to_raster(path)
     elevation = StaticSource().read(str(path), GRID)["elevation"].values
@@ -116,7 +120,10 @@ def test_discover_lists_dem_files(tmp_path, geotiff):
     for name in ("b.nc", "a.TIF", "readme.txt"):
         (tmp_path / name).touch()
     source = StaticSource()
-    assert source.discover(str(tmp_path), None, None) == [str(tmp_path / "a.TIF"), str(tmp_path / "b.nc")]
+    assert source.discover(str(tmp_path), None, None) == [
+        str(tmp_path / "a.TIF"),
+        str(tmp_path / "b.nc"),
+    ]
     assert np.isnat(source.time_of(str(geotiff)))
 
 
@@ -127,14 +134,18 @@ def test_dem_errors(tmp_path, geotiff):
         source.read(str(missing), GRID)
     text = tmp_path / "dem.txt"
     text.write_text("1 2 3")
-    with pytest.raises(SourceError, match=rf"{text}: unsupported DEM format; expected one of \.tif"):
+    with pytest.raises(
+        SourceError, match=rf"{text}: unsupported DEM format; expected one of \.tif"
+    ):
         source.read(str(text), GRID)
     broken = tmp_path / "broken.tif"
     broken.write_bytes(b"\x00" * 100)
     with pytest.raises(SourceError, match=rf"{broken}: cannot read the DEM"):
         source.read(str(broken), GRID)
     far = Grid(GridConfig(x_min_m=1_500_000.0, y_max_m=1_000_000.0, nx=20, ny=20))
-    with pytest.raises(SourceError, match=rf"{geotiff}: the DEM does not cover the grid \(Grid\(EPSG:5070"):
+    with pytest.raises(
+        SourceError, match=rf"{geotiff}: the DEM does not cover the grid \(Grid\(EPSG:5070"
+    ):
         source.read(str(geotiff), far)
 
 
@@ -142,11 +153,16 @@ def test_netcdf_dem_errors(tmp_path):
     values = np.ones((4, 5), dtype=np.float32)
     ambiguous = tmp_path / "ambiguous.nc"
     xr.Dataset({"a": (("y", "x"), values), "b": (("y", "x"), values)}).to_netcdf(ambiguous)
-    with pytest.raises(SourceError, match=rf"{ambiguous}: cannot tell which variable is the elevation among a, b; pass dem_variable"):
+    with pytest.raises(
+        SourceError,
+        match=rf"{ambiguous}: cannot tell which variable is the elevation among a, b; pass dem_",
+    ):
         StaticSource().read(str(ambiguous), GRID)
     with pytest.raises(SourceError, match=rf"{ambiguous}: no variable 'height'; variables: a, b"):
         StaticSource(dem_variable="height").read(str(ambiguous), GRID)
-    with pytest.raises(SourceError, match=rf"{ambiguous}: the DEM has neither lat/lon coordinates nor a CRS"):
+    with pytest.raises(
+        SourceError, match=rf"{ambiguous}: the DEM has neither lat/lon coordinates nor a CRS"
+    ):
         StaticSource(dem_variable="a").read(str(ambiguous), GRID)
     cube = tmp_path / "cube.nc"
     xr.Dataset({"elevation": (("t", "y", "x"), np.ones((2, 4, 5)))}).to_netcdf(cube)

@@ -84,7 +84,8 @@ def get_source(name: str, **options) -> Source:
     except TypeError as exc:
         accepted = ", ".join(inspect.signature(cls).parameters) or "none"
         raise ValueError(
-            f"source {name!r}: invalid options {sorted(options)} ({exc}); accepted options: {accepted}"
+            f"source {name!r}: invalid options {sorted(options)} ({exc}); "
+            f"accepted options: {accepted}"
         ) from None
     return cls(**options)
 
@@ -116,7 +117,9 @@ def read_bytes(path: str, storage_options: dict | None = None) -> bytes:
         if is_url(path):  # fsspec reports an unreachable server as not found, too
             cause = exc.__cause__ or exc.__context__
             detail = f" ({type(cause).__name__}: {cause})" if cause else ""
-            raise SourceError(f"{path}: cannot read the URL: not found or unreachable{detail}") from exc
+            raise SourceError(
+                f"{path}: cannot read the URL: not found or unreachable{detail}"
+            ) from exc
         raise SourceError(f"{path}: file not found") from None
     except (OSError, EOFError) as exc:  # gzip.BadGzipFile is an OSError
         raise SourceError(f"{path}: cannot read the file ({exc})") from exc

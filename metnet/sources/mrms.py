@@ -48,8 +48,12 @@ class Product:
 
 #: MRMS 2-D products by file-name product (NSSL GRIB2 local table, discipline 209).
 PRODUCTS: dict[str, Product] = {
-    "PrecipRate": Product("precipitation_rate", "mm/h", (209, 6, 1), 0.0, "radar precipitation rate"),
-    "PrecipFlag": Product("precipitation_flag", "1", (209, 6, 0), 0.0, "surface precipitation type"),
+    "PrecipRate": Product(
+        "precipitation_rate", "mm/h", (209, 6, 1), 0.0, "radar precipitation rate"
+    ),
+    "PrecipFlag": Product(
+        "precipitation_flag", "1", (209, 6, 0), 0.0, "surface precipitation type"
+    ),
     "RadarOnly_QPE_15M": Product(
         "radar_only_qpe_15m", "mm", (209, 6, 45), 0.0, "radar precipitation accumulation 15-minute"
     ),
@@ -57,23 +61,37 @@ PRODUCTS: dict[str, Product] = {
         "radar_only_qpe_01h", "mm", (209, 6, 2), 0.0, "radar precipitation accumulation 1-hour"
     ),
     "MultiSensor_QPE_01H_Pass1": Product(
-        "multi_sensor_qpe_01h_pass1", "mm", (209, 6, 30), 0.0,
+        "multi_sensor_qpe_01h_pass1",
+        "mm",
+        (209, 6, 30),
+        0.0,
         "multi-sensor precipitation accumulation 1-hour (1-hour latency)",
     ),
     "MultiSensor_QPE_01H_Pass2": Product(
-        "multi_sensor_qpe_01h_pass2", "mm", (209, 6, 37), 0.0,
+        "multi_sensor_qpe_01h_pass2",
+        "mm",
+        (209, 6, 37),
+        0.0,
         "multi-sensor precipitation accumulation 1-hour (2-hour latency)",
     ),
     "ReflectivityAtLowestAltitude": Product(
-        "reflectivity_at_lowest_altitude", "dBZ", (209, 3, 57), -90.0,
+        "reflectivity_at_lowest_altitude",
+        "dBZ",
+        (209, 3, 57),
+        -90.0,
         "reflectivity at lowest altitude",
     ),
     "MergedReflectivityQCComposite": Product(
-        "merged_reflectivity_qc_composite", "dBZ", (209, 10, 0), -90.0,
+        "merged_reflectivity_qc_composite",
+        "dBZ",
+        (209, 10, 0),
+        -90.0,
         "composite reflectivity mosaic",
     ),
-    "RadarQualityIndex": Product("radar_quality_index", "1", (209, 8, 0), 0.0, "radar quality index"),
-}  # fmt: skip
+    "RadarQualityIndex": Product(
+        "radar_quality_index", "1", (209, 8, 0), 0.0, "radar quality index"
+    ),
+}
 
 #: The MRMS CONUS grid every file must be on.
 CONUS_GRID = {
@@ -113,7 +131,8 @@ def parse_name(path: str) -> tuple[str, str, np.datetime64]:
     m = _NAME.match(PurePosixPath(str(path)).name)
     if m is None:
         raise SourceError(
-            f"{path}: not an MRMS file name (expected [MRMS_]Product_LL.LL_YYYYMMDD-HHMMSS.grib2[.gz])"
+            f"{path}: not an MRMS file name "
+            "(expected [MRMS_]Product_LL.LL_YYYYMMDD-HHMMSS.grib2[.gz])"
         )
     d, t = m["date"], m["time"]
     try:
@@ -292,4 +311,6 @@ class MRMSSource:
             "long_name": f"MRMS {product.long_name}",
             "source": f"NOAA MRMS {self.product}",
         }
-        return grid.dataset({product.variable: (("time", "y", "x"), values, attrs)}, time=field.time)
+        return grid.dataset(
+            {product.variable: (("time", "y", "x"), values, attrs)}, time=field.time
+        )

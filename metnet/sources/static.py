@@ -27,7 +27,16 @@ log = logging.getLogger(__name__)
 DEM_SUFFIXES = (".tif", ".tiff", ".nc", ".nc4")
 _LAT_NAMES = ("latitude", "lat")
 _LON_NAMES = ("longitude", "lon")
-_ELEVATION_NAMES = ("elevation", "elev", "height", "altitude", "orography", "orog", "z", "band_data")
+_ELEVATION_NAMES = (
+    "elevation",
+    "elev",
+    "height",
+    "altitude",
+    "orography",
+    "orog",
+    "z",
+    "band_data",
+)
 
 
 class StaticSource:
@@ -56,7 +65,9 @@ class StaticSource:
         return base + ("elevation",) if self.dem else base
 
     def __repr__(self) -> str:
-        elevation = f"elevation from {self.dem}" if self.dem else "elevation omitted: no DEM configured"
+        elevation = (
+            f"elevation from {self.dem}" if self.dem else "elevation omitted: no DEM configured"
+        )
         return f"StaticSource(latitude, longitude; {elevation})"
 
     def discover(
@@ -117,7 +128,9 @@ def _open_dem(path: str, variable: str | None) -> xr.DataArray:
         raise SourceError(f"{path}: DEM file not found")
     suffix = Path(path).suffix.lower()
     if suffix not in DEM_SUFFIXES:
-        raise SourceError(f"{path}: unsupported DEM format; expected one of {', '.join(DEM_SUFFIXES)}")
+        raise SourceError(
+            f"{path}: unsupported DEM format; expected one of {', '.join(DEM_SUFFIXES)}"
+        )
     try:
         if suffix in (".tif", ".tiff"):
             import rioxarray
@@ -142,9 +155,7 @@ def _open_dem(path: str, variable: str | None) -> xr.DataArray:
                 f"{', '.join(ds.data_vars) or 'no variables'}; pass dem_variable"
             )
     if variable not in ds.data_vars:
-        raise SourceError(
-            f"{path}: no variable {variable!r}; variables: {', '.join(ds.data_vars)}"
-        )
+        raise SourceError(f"{path}: no variable {variable!r}; variables: {', '.join(ds.data_vars)}")
     da = ds[variable].squeeze(drop=True)
     if da.ndim != 2:
         raise SourceError(f"{path}: elevation variable {variable!r} is not 2-D (dims {da.dims})")
