@@ -157,5 +157,60 @@ def train_command(
         typer.echo(f"trained to step {result.step}{last}; checkpoint {result.checkpoint}")
 
 
+@app.command("ingest")
+def ingest_command(
+    source: str = typer.Option(..., "--source", help="Source name, e.g. mrms or goes."),
+    inputs: list[str] = typer.Option(..., "--input", help="File, folder or URL to search; repeatable."),
+    archive: str = typer.Option(..., "--archive", help="Archive zarr store (path or URL)."),
+    start: str | None = typer.Option(None, "--start", help="Earliest observation time (UTC), e.g. 2019-06-10T00:00."),
+    end: str | None = typer.Option(None, "--end", help="Latest observation time (UTC)."),
+    grid_config: Path | None = typer.Option(None, "--grid-config", help="YAML config whose grid a new archive gets."),
+    preset_name: str | None = typer.Option(None, "--preset", help="Preset whose grid a new archive gets."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Rewrite slots already in the archive."),
+    dem: str | None = typer.Option(None, "--dem", help="DEM file for the elevation static field."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Read observation files onto the archive grid and write them into the archive.
+
+    An existing archive keeps its grid (another one is an error); a new one needs --grid-config
+    or --preset. Bad files are reported and skipped; the exit code is 1 if any failed.
+    """
+    import numpy as np
+
+    from metnet.archive import Archive
+    from metnet.config import preset
+    from metnet.ingest import ingest
+    from metnet.sources import get_source
+
+    times = {}
+    for flag, text in (("--start", start), ("--end", end)):
+        try:
+            times[flag] = None if text is None else np.datetime64(text, "ns")
+        except ValueError:
+            raise typer.BadParameter(f"not a time: {text!r} (e.g. 2019-06-10T00:00)", param_hint=flag) from None
+    try:
+        if grid_config is not None and preset_name is not None:
+            raise ValueError("give either --grid-config or --preset, not both")
+        observations, static = get_source(source), get_source("static", dem=dem)
+        if grid_config is not None or preset_name is not None:
+            grid = load_config(grid_config).grid if grid_config else preset(preset_name).grid
+            target = Archive.open_or_create(archive, grid)
+        else:
+            try:
+                target = Archive.open(archive, mode="r+")
+            except ValueError as exc:
+                raise ValueError(f"{exc}; give --grid-config or --preset to create it") from None
+        summary = ingest(
+            target, observations, inputs, start=times["--start"], end=times["--end"],
+            overwrite=overwrite, static_source=static, progress=progress,
+        )  # fmt: skip
+    except ValueError as exc:  # unknown source, bad config, archive errors
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=1) from exc
+    typer.echo(summary.format())
+    if not summary.ok:
+        raise typer.Exit(code=1)
+
+
 if __name__ == "__main__":
     app()

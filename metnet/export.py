@@ -34,7 +34,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -45,7 +45,7 @@ import xarray as xr
 
 from metnet import __version__
 from metnet.grid import Grid
-from metnet.products import BIN_PROBABILITY, MEAN, PROBABILITY, QUANTILE, grid_of
+from metnet.products import MEAN, PROBABILITY, QUANTILE, grid_of
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,8 @@ GIF_FRAME_MS = 400
 #: Probability classes of the exceedance maps (below the first: blank).
 _PROBABILITY_LEVELS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 _MISSING_COLOR = "#c8c8c8"
+#: Side of the netCDF chunks in pixels (one lead time, threshold, quantile or bin each).
+_NETCDF_TILE = 512
 _REQUIRED = ("lead_time", "forecast_reference_time", "x", "y", "crs")
 
 
@@ -200,14 +202,24 @@ def export_netcdf(
     ds = forecast.sel(lead_time=leads)
     if products is not None:
         ds = _only(ds, chosen)
-    ds.attrs["history"] = (
-        f"{datetime.now(timezone.utc):%Y-%m-%dT%H:%M:%SZ} written by metnet-nowcast "
+    ds = ds.assign_attrs(
+        history=f"{datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ} written by metnet-nowcast "
         f"{__version__} export netcdf"
     )
     encoding: dict[str, dict[str, Any]] = {}
     for name, var in ds.variables.items():
         if name in ds.data_vars and var.dtype.kind == "f":
-            encoding[name] = {"zlib": True, "complevel": 4, "_FillValue": np.float32(np.nan)}
+            # Chunks of one map tile: a reader of one lead time and area reads little.
+            chunks = [min(n, _NETCDF_TILE) if d in ("y", "x") else 1 for d, n in var.sizes.items()]
+            encoding[name] = {
+                "zlib": True,
+                "complevel": 4,
+                "chunksizes": tuple(chunks),
+                "_FillValue": np.float32(np.nan),
+            }
+        elif var.dtype.kind == "f" and var.ndim == 2:
+            # 2-D latitude/longitude: float32 (1e-5 degrees, about 1 m) and compressed.
+            encoding[name] = {"dtype": "float32", "zlib": True, "_FillValue": None}
         elif var.dtype.kind == "f":
             encoding[name] = {"_FillValue": None}  # coordinates have no missing values
     # int32 minutes: CF before 1.9 has no int64, and minutes since 1970 fit until 6053.
@@ -506,7 +518,14 @@ def _style(product: Product) -> dict[str, Any]:
         label, extend = "precipitation rate (mm/h)", "max"
     cmap = cmap.with_extremes(under="white", bad=_MISSING_COLOR)
     norm = BoundaryNorm(levels, cmap.N)
-    return dict(cmap=cmap, norm=norm, ticks=ticks, labels=labels, label=label, extend=extend)
+    return {
+        "cmap": cmap,
+        "norm": norm,
+        "ticks": ticks,
+        "labels": labels,
+        "label": label,
+        "extend": extend,
+    }
 
 
 def _map_frames(
@@ -574,4 +593,4 @@ def _graticule(ax: Any, grid: Grid) -> None:
             lines, fontsize=7, fmt=lambda v, h=east_north: f"{abs(v):g}°{h[int(v < 0)]}"
         )
         for label in labels:  # legible on dark colours too
-            label.set_bbox(dict(facecolor="white", alpha=0.7, edgecolor="none", pad=0.5))
+            label.set_bbox({"facecolor": "white", "alpha": 0.7, "edgecolor": "none", "pad": 0.5})

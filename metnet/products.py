@@ -261,9 +261,15 @@ def _increasing(
     arr = np.atleast_1d(np.asarray(values, dtype=np.float64))
     if arr.ndim != 1 or arr.size == 0:
         raise ValueError(f"{what} must be a non-empty list of numbers, got {values!r}")
-    if not np.all(np.isfinite(arr)) or np.any(arr <= low) or (high is not None and np.any(arr >= high)):
+    if (
+        not np.all(np.isfinite(arr))
+        or np.any(arr <= low)
+        or (high is not None and np.any(arr >= high))
+    ):
         bound = f"({low:g}, {high:g})" if high is not None else f"above {low:g}"
-        raise ValueError(f"{what} must lie {'in ' if high is not None else ''}{bound}, got {values!r}")
+        raise ValueError(
+            f"{what} must lie {'in ' if high is not None else ''}{bound}, got {values!r}"
+        )
     if np.any(np.diff(arr) <= 0):
         raise ValueError(f"{what} must be strictly increasing, got {values!r}")
     return arr

@@ -303,7 +303,10 @@ def resolve_periods(
     others from :func:`metnet.dataset.split_periods` (the last
     :data:`VALIDATION_FRACTION` of the archive for validation, a gap of the largest lead
     time between). Raises :class:`TrainError` when a period is empty or they overlap."""
-    names = (("train", "--train-start", "--train-end"), ("validation", "--val-start", "--val-end"))
+    names = (
+        ("train", "train start (--train-start)", "train end (--train-end)"),
+        ("validation", "validation start (--val-start)", "validation end (--val-end)"),
+    )
     given = {
         key: (_parse_time(p[0], start), _parse_time(p[1], end))
         for (key, start, end), p in zip(names, (train_period, val_period))

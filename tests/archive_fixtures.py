@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from metnet.archive import Archive
+from metnet.archive import DEFAULT_CHUNK_PX, Archive
 from metnet.config import preset as get_preset
 from metnet.grid import Grid
 from metnet.sources.static import StaticSource
@@ -53,12 +53,14 @@ def make_archive(
     *,
     satellite_times: np.ndarray | None = None,
     name: str = "archive.zarr",
+    chunk_px: int = DEFAULT_CHUNK_PX,
 ) -> Archive:
     """A synthetic archive at ``tmp_path / name`` for the preset's grid and task.
 
     ``times``: slots holding the radar variables (default :func:`default_times`).
     ``satellite_times``: slots holding the task's ABI bands (default every 10 minutes,
     ``times[::5]``; empty for none). Static fields: latitude, longitude and elevation.
+    ``chunk_px``: the archive's spatial chunk side.
     Returns the archive open for writing, so a test can add or overwrite data.
     """
     config = get_preset(preset)
@@ -66,7 +68,7 @@ def make_archive(
     times = default_times(preset) if times is None else np.asarray(times, dtype="datetime64[ns]")
     if satellite_times is None:
         satellite_times = times[::5]
-    archive = Archive.create(str(tmp_path / name), config.grid)
+    archive = Archive.create(str(tmp_path / name), config.grid, chunk_px=chunk_px)
     archive.write(synthetic_dataset(grid, times, seed, config.task.radar_variables))
     bands = config.task.input_variables()[len(config.task.radar_variables) :]
     if bands and len(satellite_times):

@@ -50,7 +50,8 @@ def geos_crs(lon_0: float = -75.0) -> pyproj.CRS:
 
 @dataclass(frozen=True)
 class Window:
-    """A rectangle of the CONUS fixed grid: ``nx`` columns from ``col0``, ``ny`` rows from ``row0``."""
+    """A rectangle of the CONUS fixed grid: ``nx`` columns from ``col0``, ``ny`` rows from
+    ``row0``."""
 
     col0: int
     row0: int
@@ -66,13 +67,13 @@ class Window:
         return np.float32(CONUS_Y_OFFSET - self.row0 * SCALE)
 
     def angles(self) -> tuple[np.ndarray, np.ndarray]:
-        """Decoded scan angles ``x (nx,)``, ``y (ny,)`` in radians, float64 as a reader gets them."""
+        """Decoded scan angles ``x (nx,)``, ``y (ny,)``: radians, float64 as a reader gets them."""
         x = np.arange(self.nx) * np.float64(np.float32(SCALE)) + np.float64(self.x_offset)
         y = np.arange(self.ny) * np.float64(np.float32(-SCALE)) + np.float64(self.y_offset)
         return x, y
 
     def lon_lat(self, lon_0: float = -75.0) -> tuple[np.ndarray, np.ndarray]:
-        """Reference lon/lat ``(ny, nx)`` of the pixel centres via pyproj (inf off-Earth -> NaN)."""
+        """Reference lon/lat ``(ny, nx)`` of the pixel centres via pyproj; NaN off the Earth."""
         x, y = self.angles()
         xx, yy = np.meshgrid(x * H, y * H)  # (ny, nx) metres in the geos projection
         to_lonlat = pyproj.Transformer.from_crs(geos_crs(lon_0), "EPSG:4326", always_xy=True)
@@ -95,7 +96,9 @@ def window_covering(
     cols = (np.asarray(gx) / H - CONUS_X_OFFSET) / SCALE
     rows = (CONUS_Y_OFFSET - np.asarray(gy) / H) / SCALE
     col0, row0 = int(np.floor(cols.min())), int(np.floor(rows.min()))
-    return Window(col0, row0, int(np.ceil(cols.max())) - col0 + 1, int(np.ceil(rows.max())) - row0 + 1)
+    return Window(
+        col0, row0, int(np.ceil(cols.max())) - col0 + 1, int(np.ceil(rows.max())) - row0 + 1
+    )
 
 
 def abi_file_name(
@@ -114,6 +117,10 @@ def abi_file_name(
         f"OR_ABI-L2-{product}_G{satellite}_s{stamp(start)}_e{stamp(end)}"
         f"_c{stamp(end + np.timedelta64(30, 's'))}.nc"
     )
+
+
+def _j2000_seconds(t: np.datetime64) -> float:
+    return (t - _J2000) / np.timedelta64(1, "s")
 
 
 def _iso(t: np.datetime64) -> str:
@@ -179,17 +186,16 @@ def write_abi(
         proj.longitude_of_projection_origin = float(lon_0)
         proj.sweep_angle_axis = "x"
 
-        seconds = lambda t: (t - _J2000) / np.timedelta64(1, "s")  # noqa: E731
         t = nc.createVariable("t", "f8")
         t.long_name = "J2000 epoch mid-point between the start and end image scan in seconds"
         t.standard_name = "time"
         t.units = "seconds since 2000-01-01 12:00:00"
         t.axis = "T"
         t.bounds = "time_bounds"
-        t.assignValue(seconds(start + _SCAN / 2))
+        t.assignValue(_j2000_seconds(start + _SCAN / 2))
         bounds = nc.createVariable("time_bounds", "f8", ("number_of_time_bounds",))
         bounds.long_name = "Scan start and end times in seconds since epoch (2000-01-01 12:00:00)"
-        bounds[:] = [seconds(start), seconds(end)]
+        bounds[:] = [_j2000_seconds(start), _j2000_seconds(end)]
 
         for name, value in (("y_image", window.y_offset), ("x_image", window.x_offset)):
             var = nc.createVariable(name, "f4")
@@ -201,25 +207,28 @@ def write_abi(
             _write_band(nc, band, np.asarray(values, dtype=np.float64), suffix)
 
         name = abi_file_name(start, None if multiband else next(iter(fields)), satellite=satellite)
-        nc.setncatts({
-            "naming_authority": "gov.nesdis.noaa",
-            "Conventions": "CF-1.7",
-            "Metadata_Conventions": "Unidata Dataset Discovery v1.0",
-            "project": "GOES",
-            "production_site": "NSOF",
-            "spatial_resolution": "2km at nadir",
-            "orbital_slot": "GOES-East" if lon_0 == -75.0 else "GOES-West",
-            "platform_ID": f"G{satellite}",
-            "instrument_type": "GOES R Series Advanced Baseline Imager",
-            "scene_id": "CONUS",
-            "dataset_name": name,
-            "title": "ABI L2 Cloud and Moisture Imagery" + (": Multi-band" if multiband else ""),
-            "processing_level": "National Aeronautics and Space Administration (NASA) L2",
-            "cdm_data_type": "Image",
-            "time_coverage_start": _iso(start),
-            "time_coverage_end": _iso(end),
-            "timeline_id": "ABI Mode 6",
-        })  # fmt: skip
+        nc.setncatts(
+            {
+                "naming_authority": "gov.nesdis.noaa",
+                "Conventions": "CF-1.7",
+                "Metadata_Conventions": "Unidata Dataset Discovery v1.0",
+                "project": "GOES",
+                "production_site": "NSOF",
+                "spatial_resolution": "2km at nadir",
+                "orbital_slot": "GOES-East" if lon_0 == -75.0 else "GOES-West",
+                "platform_ID": f"G{satellite}",
+                "instrument_type": "GOES R Series Advanced Baseline Imager",
+                "scene_id": "CONUS",
+                "dataset_name": name,
+                "title": "ABI L2 Cloud and Moisture Imagery"
+                + (": Multi-band" if multiband else ""),
+                "processing_level": "National Aeronautics and Space Administration (NASA) L2",
+                "cdm_data_type": "Image",
+                "time_coverage_start": _iso(start),
+                "time_coverage_end": _iso(end),
+                "timeline_id": "ABI Mode 6",
+            }
+        )
     finally:
         nc.close()
     return path
@@ -232,9 +241,13 @@ def _write_band(nc: netCDF4.Dataset, band: int, values: np.ndarray, suffix: str)
     raw = np.where(missing, 65535, counts).astype(np.uint16).view(np.int16)  # "unsigned" int16
 
     cmi = nc.createVariable(
-        f"CMI{suffix}", "i2", ("y", "x"), fill_value=np.int16(-1), zlib=True,
+        f"CMI{suffix}",
+        "i2",
+        ("y", "x"),
+        fill_value=np.int16(-1),
+        zlib=True,
         chunksizes=(min(226, values.shape[0]), min(226, values.shape[1])),
-    )  # fmt: skip
+    )
     cmi.set_auto_maskandscale(False)
     kind = "reflectance factor" if band <= 6 else "brightness temperature"
     cmi.long_name = f"ABI L2+ Cloud and Moisture Imagery {kind}"

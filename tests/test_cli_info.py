@@ -104,7 +104,7 @@ def test_info_config_file(tmp_path):
     )
     total = MetNet(config).parameter_counts()["total"]
     assert "convlstm_channels: 24" in result.output
-    assert f"total {total:>20,d}" in result.output
+    assert f"  {'total':<18} {total:>14,d}" in result.output
     assert "With model.feedforward_ratio = 2 the blocks have a feed-forward layer" in result.output
 
 

@@ -42,7 +42,9 @@ STAMP = "20190610T0000Z"
 
 @pytest.fixture(scope="module")
 def grid() -> Grid:
-    return Grid(GridConfig(nx=32, ny=24, x_min_m=200_000.0, y_max_m=1_700_000.0, resolution_m=2000.0))
+    return Grid(
+        GridConfig(nx=32, ny=24, x_min_m=200_000.0, y_max_m=1_700_000.0, resolution_m=2000.0)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +75,9 @@ def test_registry_is_case_insensitive():
 
 
 def test_registry_error_lists_valid_names():
-    with pytest.raises(ValueError, match=r"unknown export format 'tiff'; valid formats: netcdf, cog, png, gif"):
+    with pytest.raises(
+        ValueError, match=r"unknown export format 'tiff'; valid formats: netcdf, cog, png, gif"
+    ):
         get_exporter("tiff")
 
 
@@ -115,7 +119,10 @@ def test_netcdf_round_trip(forecast, tmp_path):
     (path,) = export_netcdf(forecast, tmp_path)
     with xr.open_dataset(path) as back:
         xr.testing.assert_allclose(back[PROBABILITY], forecast[PROBABILITY])
-        xr.testing.assert_allclose(back["precipitation_rate_bin_probability"], forecast["precipitation_rate_bin_probability"])
+        xr.testing.assert_allclose(
+            back["precipitation_rate_bin_probability"],
+            forecast["precipitation_rate_bin_probability"],
+        )
         assert back["threshold"].attrs["spp__relative_to_threshold"] == "greater_than"
         assert back["lead_time"].attrs["standard_name"] == "forecast_period"
         assert back["forecast_reference_time"].values == T0
@@ -127,7 +134,9 @@ def test_netcdf_round_trip(forecast, tmp_path):
 
 
 def test_netcdf_selection(forecast, tmp_path):
-    (path,) = export_netcdf(forecast, tmp_path, lead_times=[60], products=["prob_gt_1mmh", "rate_q90"])
+    (path,) = export_netcdf(
+        forecast, tmp_path, lead_times=[60], products=["prob_gt_1mmh", "rate_q90"]
+    )
     with xr.open_dataset(path) as back:
         assert set(back.data_vars) == {PROBABILITY, QUANTILE}
         np.testing.assert_array_equal(back["threshold"].values, [1.0])
@@ -140,7 +149,9 @@ def test_netcdf_selection(forecast, tmp_path):
 
 
 def test_cog_is_valid_and_georeferenced(forecast, grid, tmp_path):
-    paths = export_cog(forecast, tmp_path, lead_times=[30, 90], products=["prob_gt_1mmh", "rate_mean"])
+    paths = export_cog(
+        forecast, tmp_path, lead_times=[30, 90], products=["prob_gt_1mmh", "rate_mean"]
+    )
     assert [p.name for p in paths] == [
         f"{STAMP}_lead030min_prob_gt_1mmh.tif",
         f"{STAMP}_lead090min_prob_gt_1mmh.tif",
@@ -221,21 +232,30 @@ def test_gif_has_a_frame_per_lead_time(forecast, tmp_path):
 @pytest.mark.parametrize("exporter", [export_netcdf, export_cog, export_png, export_gif])
 def test_path_escape_is_rejected(forecast, tmp_path, exporter):
     out = tmp_path / "out"
-    with pytest.raises(ExportError, match=r"product name '\.\./evil' would escape the output folder"):
+    with pytest.raises(
+        ExportError, match=r"product name '\.\./evil' would escape the output folder"
+    ):
         exporter(forecast, out, products=["../evil"])
     assert not list(tmp_path.rglob("*evil*"))
 
 
 def test_unknown_product_and_lead_time(forecast, tmp_path):
-    with pytest.raises(ExportError, match=r"unknown product 'rate_q99'; this forecast has: prob_gt_0p2mmh, .*rate_mean"):
+    with pytest.raises(
+        ExportError,
+        match=r"unknown product 'rate_q99'; this forecast has: prob_gt_0p2mmh, .*rate_mean",
+    ):
         export_png(forecast, tmp_path, products=["rate_q99"])
-    with pytest.raises(ExportError, match=r"lead times \[45\] are not in the forecast; it has 30, 60, 90 minutes"):
+    with pytest.raises(
+        ExportError, match=r"lead times \[45\] are not in the forecast; it has 30, 60, 90 minutes"
+    ):
         export_cog(forecast, tmp_path, lead_times=[45])
     assert not list(tmp_path.iterdir())
 
 
 def test_not_a_forecast(forecast, tmp_path):
-    with pytest.raises(ExportError, match=r"is not a forecast dataset: it has no forecast_reference_time"):
+    with pytest.raises(
+        ExportError, match=r"is not a forecast dataset: it has no forecast_reference_time"
+    ):
         export_png(forecast.drop_vars("forecast_reference_time"), tmp_path)
     with pytest.raises(ExportError, match="holds no forecast products"):
         export_png(forecast.drop_vars(list(forecast.data_vars)), tmp_path)
@@ -304,7 +324,9 @@ def test_cli_errors(forecast, tmp_path):
     result = runner.invoke(app, base + ["--lead-times", "30,soon"])
     assert result.exit_code == 2
     assert "lead times must be whole minutes" in result.output
-    result = runner.invoke(app, ["export", "--forecast", str(tmp_path / "missing.zarr"), "--out", str(tmp_path)])
+    result = runner.invoke(
+        app, ["export", "--forecast", str(tmp_path / "missing.zarr"), "--out", str(tmp_path)]
+    )
     assert result.exit_code == 1
     assert "missing.zarr does not exist" in result.output
     assert not (tmp_path / "out").exists()

@@ -158,8 +158,8 @@ def test_missing_pixels_become_nan(tmp_path):
 
 
 def test_mcmip_band_selection_and_units(tmp_path, window):
-    lon, lat = window.lon_lat()
-    fields = {b: (0.05 * b if b <= 6 else 200.0 + b) + 0 * lon for b in range(1, 17)}
+    shape = (window.ny, window.nx)
+    fields = {b: np.full(shape, 0.05 * b if b <= 6 else 200.0 + b) for b in range(1, 17)}
     path = write_abi(tmp_path / abi_file_name(START), fields, window, START, multiband=True)
 
     everything = get_source("goes").read(str(path), GRID)
@@ -176,18 +176,26 @@ def test_mcmip_band_selection_and_units(tmp_path, window):
 def test_mcmip_missing_band_is_an_error(tmp_path, window):
     fields = {b: np.full((window.ny, window.nx), 0.3) for b in range(1, 7)}
     path = write_abi(tmp_path / abi_file_name(START), fields, window, START, multiband=True)
-    with pytest.raises(SourceError, match=r"MCMIPC.*requested ABI bands \[13\] are absent; "
-                       r"the file holds bands \[1, 2, 3, 4, 5, 6\]"):  # fmt: skip
+    with pytest.raises(
+        SourceError,
+        match=r"MCMIPC.*requested ABI bands \[13\] are absent; "
+        r"the file holds bands \[1, 2, 3, 4, 5, 6\]",
+    ):
         get_source("goes", bands=(2, 13)).read(str(path), GRID)
 
 
 def test_cmip_of_an_unselected_band_is_an_error(tmp_path, window):
     path = write_abi(
-        tmp_path / abi_file_name(START, 7), {7: np.full((window.ny, window.nx), 280.0)},
-        window, START,
-    )  # fmt: skip
-    with pytest.raises(SourceError, match=r"M6C07_G16.*holds ABI band 7, not one of the "
-                       r"requested bands \[13\]"):  # fmt: skip
+        tmp_path / abi_file_name(START, 7),
+        {7: np.full((window.ny, window.nx), 280.0)},
+        window,
+        START,
+    )
+    with pytest.raises(
+        SourceError,
+        match=r"M6C07_G16.*holds ABI band 7, not one of the "
+        r"requested bands \[13\]",
+    ):
         get_source("goes", bands=(13,)).read(str(path), GRID)
 
 
@@ -213,7 +221,9 @@ def test_discover_by_time_and_band_in_the_noaa_layout(tmp_path):
     (root / "2019" / "161" / "00" / "notes.txt").write_text("not a GOES file")
     source = get_source("goes", bands=[13])
 
-    files = source.discover(str(root), np.datetime64("2019-06-10T00:55"), np.datetime64("2019-06-10T01:10"))
+    files = source.discover(
+        str(root), np.datetime64("2019-06-10T00:55"), np.datetime64("2019-06-10T01:10")
+    )
     times = [source.time_of(f) for f in files]
     assert [str(t)[11:19] for t in times] == ["00:56:17", "01:01:17", "01:06:17"]
     assert all("M6C13_" in f and f.startswith(str(root)) for f in files)
@@ -252,15 +262,19 @@ def test_not_an_abi_file(tmp_path):
     with netCDF4.Dataset(path, "w") as nc:
         nc.createDimension("x", 2)
         nc.createVariable("CMI", "f4", ("x",))[:] = [1.0, 2.0]
-    with pytest.raises(SourceError, match=f"{path}: not a GOES ABI file \\(no goes_imager_projection"):
+    with pytest.raises(
+        SourceError, match=f"{path}: not a GOES ABI file \\(no goes_imager_projection"
+    ):
         get_source("goes").read(str(path), GRID)
 
 
 def test_empty_truncated_and_missing_files(tmp_path, window):
     good = write_abi(
-        tmp_path / abi_file_name(START, 13), {13: np.full((window.ny, window.nx), 250.0)},
-        window, START,
-    )  # fmt: skip
+        tmp_path / abi_file_name(START, 13),
+        {13: np.full((window.ny, window.nx), 250.0)},
+        window,
+        START,
+    )
     data = good.read_bytes()
 
     empty = tmp_path / "empty" / good.name

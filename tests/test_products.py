@@ -100,9 +100,7 @@ def test_cf_metadata_and_coordinates(grid, probs):
     np.testing.assert_array_equal(ds["lead_time"].values, LEADS)
     assert ds["forecast_reference_time"].values == T0
     assert ds["forecast_reference_time"].attrs["standard_name"] == "forecast_reference_time"
-    np.testing.assert_array_equal(
-        ds["time"].values, T0 + np.array(LEADS, dtype="timedelta64[m]")
-    )
+    np.testing.assert_array_equal(ds["time"].values, T0 + np.array(LEADS, dtype="timedelta64[m]"))
     assert ds["time"].dims == ("lead_time",)
     lat, lon = grid.lat_lon()
     np.testing.assert_array_equal(ds["latitude"].values, lat)
@@ -181,15 +179,15 @@ def test_deterministic_agrees_with_a_one_hot_distribution(grid):
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        (dict(shape=(3, 40, 10, 11)), "do not match the grid 10 x 12"),
-        (dict(shape=(3, 40, 10)), "must have 4 dimensions"),
-        (dict(leads=[30, 60]), "3 lead times on its first axis but 2 lead times"),
-        (dict(leads=[30, 90, 60]), "increasing order"),
-        (dict(thresholds=(1.0, 0.2)), "thresholds (mm/h) must be strictly increasing"),
-        (dict(thresholds=(0.0, 1.0)), "thresholds (mm/h) must lie above 0"),
-        (dict(quantiles=(0.5, 1.0)), "quantile levels must lie in (0, 1)"),
-        (dict(time="not a time"), "forecast_reference_time 'not a time' is not a time"),
-        (dict(scale=2.0), "must sum to 1"),
+        ({"shape": (3, 40, 10, 11)}, "do not match the grid 10 x 12"),
+        ({"shape": (3, 40, 10)}, "must have 4 dimensions"),
+        ({"leads": [30, 60]}, "3 lead times on its first axis but 2 lead times"),
+        ({"leads": [30, 90, 60]}, "increasing order"),
+        ({"thresholds": (1.0, 0.2)}, "thresholds (mm/h) must be strictly increasing"),
+        ({"thresholds": (0.0, 1.0)}, "thresholds (mm/h) must lie above 0"),
+        ({"quantiles": (0.5, 1.0)}, "quantile levels must lie in (0, 1)"),
+        ({"time": "not a time"}, "forecast_reference_time 'not a time' is not a time"),
+        ({"scale": 2.0}, "must sum to 1"),
     ],
 )
 def test_errors(grid, kwargs, message):

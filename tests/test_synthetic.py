@@ -125,9 +125,10 @@ def test_motion_is_the_wind_and_recoverable_by_optical_flow():
 
 def test_cold_cloud_tops_where_it_rains():
     ds = synthetic_dataset(
-        GRID, T0 + np.arange(0, 600, 120) * MINUTE,
+        GRID,
+        T0 + np.arange(0, 600, 120) * MINUTE,
         variables=["precipitation_rate", "abi_c13", "abi_c08", "abi_c02"],
-    )  # fmt: skip
+    )
     r, bt = ds["precipitation_rate"].values, ds["abi_c13"].values
     wet = r > 0
     assert np.corrcoef(wet.ravel(), bt.ravel())[0, 1] < -0.7  # measured -0.78
@@ -137,15 +138,14 @@ def test_cold_cloud_tops_where_it_rains():
     assert np.percentile(bt[r > 20], 90) < 210.0  # heavy rain under the coldest tops
     assert ds["abi_c08"].values[~wet].mean() < bt[~wet].mean()  # water-vapour band is cooler
     vis = ds["abi_c02"].values
-    assert vis[wet].mean() > 0.6 > 0.1 > vis[bt > 290].mean()
+    assert vis[wet].mean() > 0.6
+    assert vis[bt > 290].mean() < 0.1
 
 
 def test_fast_enough():
     grid = Grid(GridConfig(nx=512, ny=512, x_min_m=0.0, y_max_m=1.6e6))
     rain([T0], grid=grid)  # warm the per-grid tables
-    best = min(
-        _timed(lambda i=i: rain([T0 + (2 * i + 2) * MINUTE], grid=grid)) for i in range(3)
-    )
+    best = min(_timed(lambda i=i: rain([T0 + (2 * i + 2) * MINUTE], grid=grid)) for i in range(3))
     assert best < 0.1  # measured about 0.022 s; all 17 variables about 0.055 s
 
 
@@ -180,18 +180,27 @@ def test_pseudo_paths_round_trip():
 
 def test_bad_locations_paths_and_options():
     source = SyntheticSource()
-    with pytest.raises(SourceError, match=r"synthetic://sed=0: not a synthetic location; "
-                       r"expected 'synthetic://seed=N'"):  # fmt: skip
+    with pytest.raises(
+        SourceError,
+        match=r"synthetic://sed=0: not a synthetic location; "
+        r"expected 'synthetic://seed=N'",
+    ):
         source.discover("synthetic://sed=0", T0, T0)
-    with pytest.raises(SourceError, match="synthetic://seed=0: synthetic data is endless; "
-                       "give both start and end"):  # fmt: skip
+    with pytest.raises(
+        SourceError, match="synthetic://seed=0: synthetic data is endless; give both start and end"
+    ):
         source.discover("synthetic://seed=0", T0, None)
-    with pytest.raises(SourceError, match=r"synthetic://seed=0/yesterday: not a synthetic pseudo-path"):
+    with pytest.raises(
+        SourceError, match=r"synthetic://seed=0/yesterday: not a synthetic pseudo-path"
+    ):
         source.read("synthetic://seed=0/yesterday", GRID)
     with pytest.raises(SourceError, match=r"2019-13-40T00:00:00: invalid time"):
         source.time_of("synthetic://seed=0/2019-13-40T00:00:00")
-    with pytest.raises(ValueError, match=r"unknown synthetic variables \['rain'\]; valid "
-                       r"variables: precipitation_rate, abi_c01"):  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=r"unknown synthetic variables \['rain'\]; valid "
+        r"variables: precipitation_rate, abi_c01",
+    ):
         SyntheticSource(variables=["rain"])
     with pytest.raises(ValueError, match="seed must be a non-negative integer, got -1"):
         synthetic_dataset(GRID, [T0], seed=-1)

@@ -49,9 +49,23 @@ ABI_BANDS: tuple[int, ...] = tuple(range(1, 17))
 
 #: Central wavelength of each ABI band, micrometres.
 WAVELENGTH_UM: dict[int, float] = {
-    1: 0.47, 2: 0.64, 3: 0.86, 4: 1.37, 5: 1.61, 6: 2.24, 7: 3.9, 8: 6.19,
-    9: 6.93, 10: 7.34, 11: 8.44, 12: 9.61, 13: 10.33, 14: 11.21, 15: 12.29, 16: 13.28,
-}  # fmt: skip
+    1: 0.47,
+    2: 0.64,
+    3: 0.86,
+    4: 1.37,
+    5: 1.61,
+    6: 2.24,
+    7: 3.9,
+    8: 6.19,
+    9: 6.93,
+    10: 7.34,
+    11: 8.44,
+    12: 9.61,
+    13: 10.33,
+    14: 11.21,
+    15: 12.29,
+    16: 13.28,
+}
 
 #: Bands 1-6 are reflective (reflectance factor), 7-16 emissive (brightness temperature).
 _REFLECTIVE = range(1, 7)
@@ -173,7 +187,8 @@ def _unpack(var: netCDF4.Variable) -> np.ndarray:
     return values * float(attrs.get("scale_factor", 1.0)) + float(attrs.get("add_offset", 0.0))
 
 
-def _projection(nc: netCDF4.Dataset, path: str) -> GeosProjection:
+def _fixed_grid(nc: netCDF4.Dataset, path: str) -> FixedGrid:
+    """Projection and scan angles of the file's image."""
     if "goes_imager_projection" not in nc.variables:
         raise SourceError(f"{path}: not a GOES ABI file (no goes_imager_projection variable)")
     var = nc.variables["goes_imager_projection"]
@@ -188,7 +203,12 @@ def _projection(nc: netCDF4.Dataset, path: str) -> GeosProjection:
         raise SourceError(
             f"{path}: sweep_angle_axis {sweep!r} is not supported (ABI sweeps along 'x')"
         )
-    return GeosProjection(*(float(attrs[n]) for n in names))
+    projection = GeosProjection(*(float(attrs[n]) for n in names))
+    if "x" not in nc.variables or "y" not in nc.variables:
+        raise SourceError(f"{path}: no x/y scan-angle variables")
+    x = _unpack(nc.variables["x"])  # (nx,) radians
+    y = _unpack(nc.variables["y"])  # (ny,) radians
+    return FixedGrid(projection, tuple(x.tolist()), tuple(y.tolist()))
 
 
 def _band_variables(nc: netCDF4.Dataset, path: str) -> dict[int, str]:
@@ -229,9 +249,7 @@ class GOESSource:
 
     name = "goes"
 
-    def __init__(
-        self, bands: Iterable[int] | None = None, storage_options: Mapping | None = None
-    ):
+    def __init__(self, bands: Iterable[int] | None = None, storage_options: Mapping | None = None):
         self.bands = tuple(sorted(set(ABI_BANDS if bands is None else (int(b) for b in bands))))
         invalid = [b for b in self.bands if b not in ABI_BANDS]
         if invalid or not self.bands:
@@ -259,9 +277,13 @@ class GOESSource:
         found: list[str] = []
         for folder in [str(location)] if folders is None else folders:
             found += discover_files(
-                folder, scan_start, start, end,
-                match=self._wanted, storage_options=self.storage_options,
-            )  # fmt: skip
+                folder,
+                scan_start,
+                start,
+                end,
+                match=self._wanted,
+                storage_options=self.storage_options,
+            )
         return sorted(found, key=lambda p: (scan_start(p), p))
 
     def _hour_folders(
@@ -310,14 +332,14 @@ class GOESSource:
         try:
             nc.set_auto_maskandscale(False)  # _unpack decodes, in float64
             return self._decode(nc, path, grid)
-        except (OSError, RuntimeError, IndexError, KeyError) as exc:
+        except (OSError, RuntimeError) as exc:
             # netCDF-4 reads chunks lazily: a truncated file often fails only here.
             raise SourceError(f"{path}: cannot decode the file, truncated? ({exc})") from None
         finally:
             nc.close()
 
     def _decode(self, nc: netCDF4.Dataset, path: str, grid: Grid) -> xr.Dataset:
-        projection = _projection(nc, path)
+        fixed = _fixed_grid(nc, path)
         in_file = _band_variables(nc, path)
         if "CMI" in nc.variables:  # CMIP: one band per file, the others come in other files
             bands = list(in_file)
@@ -334,11 +356,6 @@ class GOESSource:
                     f"bands {sorted(in_file)}"
                 )
             bands = list(self.bands)
-        fixed = FixedGrid(
-            projection,
-            tuple(_unpack(nc.variables["x"]).tolist()),
-            tuple(_unpack(nc.variables["y"]).tolist()),
-        )
         regrid = _regridder(fixed, grid)
         variables = {}
         for band in bands:

@@ -157,6 +157,7 @@ def decode(path: str, storage_options: dict | None = None) -> Field:
         )
     product = PRODUCTS[product_name]
     message = _read_message(path, storage_options)
+    # Header checks first: a wrong file fails fast, before the ~1 s data decoding.
     try:
         _check_parameter(path, message, product_name, product)
         _check_grid(path, message)
@@ -166,25 +167,25 @@ def decode(path: str, storage_options: dict | None = None) -> Field:
             ),
             "ns",
         )
+        if time != name_time:
+            raise SourceError(
+                f"{path}: the message is valid at {time} but the file name says {name_time}"
+            )
         values = message.values  # (Nj, Ni) float64, decoded by ecCodes
-        lat = np.linspace(
-            message["latitudeOfFirstGridPointInDegrees"],
-            message["latitudeOfLastGridPointInDegrees"],
-            message["Nj"],
-        )  # (Nj,)
-        lon = np.linspace(
-            message["longitudeOfFirstGridPointInDegrees"],
-            message["longitudeOfLastGridPointInDegrees"],
-            message["Ni"],
-        )  # (Ni,)
     except SourceError:
         raise
     except (RuntimeError, KeyError, ValueError) as exc:  # ecCodes reports damage this way
         raise SourceError(f"{path}: cannot decode the GRIB2 message ({exc})") from exc
-    if time != name_time:
-        raise SourceError(
-            f"{path}: the message is valid at {time} but the file name says {name_time}"
-        )
+    lat = np.linspace(
+        message["latitudeOfFirstGridPointInDegrees"],
+        message["latitudeOfLastGridPointInDegrees"],
+        message["Nj"],
+    )  # (Nj,) north to south
+    lon = np.linspace(
+        message["longitudeOfFirstGridPointInDegrees"],
+        message["longitudeOfLastGridPointInDegrees"],
+        message["Ni"],
+    )  # (Ni,) west to east
     values = np.ma.filled(values, np.nan) if np.ma.isMaskedArray(values) else values
     values[values < product.missing_below] = np.nan  # in place: the array is ours
     return Field(values=values, lat=lat, lon=lon, time=time, product=product_name)

@@ -7,25 +7,25 @@ The weather is one latent standard-normal field ``z(x, t)``:
 
 - **Spatial structure.** ``z`` is Gaussian noise filtered in Fourier space to a power
   spectrum ``P(k) ~ (k^2 + k0^2)^(-3/2)``: the ``k^-3`` power law typical of radar rain
-  fields (pysteps' default noise models fit exponents near -3) below the 200 km outer
-  scale ``1/k0``, flat above it. The FFT domain is periodic, the grid's extent or at
+  fields (pysteps' parametric spectrum fit returns about -3 on this field) below the
+  200 km outer scale ``1/k0``, flat above it. The FFT domain is periodic, the grid's extent or at
   least 512 km (the grid is its top-left corner).
 - **Growth and decay.** The spectrum is split into three wavelength bands (>= 64 km,
-  16-64 km, < 16 km) with lifetimes of 4 h, 80 min and 30 min (small cells live
-  shorter, as in pysteps' S-PROG). Each band holds independent white-noise keys at
+  16-64 km, < 16 km) with lifetimes of 4 h, 80 min and 30 min (small features live
+  shorter, the premise of pysteps' S-PROG). Each band holds independent white-noise keys at
   multiples of its lifetime and mixes the two keys around ``t`` with weights
   ``cos, sin`` of ``pi/2`` times the fraction of the lifetime elapsed: every frame keeps
   exactly the target spectrum while cells grow and decay smoothly.
 - **Advection.** The whole field moves with a spatially uniform wind of 8-15 m/s from a
   seed-chosen direction plus a +/-5 m/s oscillation with an 18 h period; the
   displacement, the wind's exact time integral, is applied as a Fourier phase shift.
-- **Rain.** Where ``z`` exceeds its ``1 - f`` quantile, the rate is lognormal; the rain
-  cover ``f`` drifts between 10 % and 30 % with a 30 h period (:func:`rain_fraction`). The
-  rate is lognormal: median 1.2 mm/h, log-standard deviation 1.1 (99th percentile
-  about 16 mm/h, rare cores near 100 mm/h), a monotone map of ``z`` so the heaviest rain
-  sits in the cells' cores; 0 mm/h elsewhere.
-- **Satellite.** A cloud cover ``c = Phi((z - z_cloud) / 0.35)`` (``f`` + 25 % cloudy) and a cloud
-  top that is colder where ``z`` is higher (about 222 K at the rain edge, 200 K in heavy
+- **Rain.** It rains where ``z`` exceeds its ``1 - f`` quantile; the rain cover ``f``
+  drifts between 10 % and 30 % with a 30 h period (:func:`rain_fraction`). The rate is
+  lognormal: median 1.2 mm/h, log-standard deviation 1.1 (99th percentile about
+  15 mm/h, rare cores near 100 mm/h), a monotone map of ``z`` so the heaviest rain sits
+  in the cells' cores; 0 mm/h elsewhere.
+- **Satellite.** A cloud cover ``c = Phi((z - z_cloud) / 0.35)`` (``f`` + 25 % cloudy) and a
+  cloud top that is colder where ``z`` is higher (about 222 K at the rain edge, 200 K in heavy
   cores) give IR brightness temperatures ``T = T_clear + c (T_top - T_clear)`` with a
   clear-sky value per band (e.g. 293 K at 10.3 um, 235 K in the 6.2 um water-vapour
   band), and visible/near-IR reflectance factors that rise from the surface value to a
@@ -37,6 +37,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import xarray as xr
@@ -72,6 +73,12 @@ RATE_LOG_STD = 1.1
 """Standard deviation of the natural log of the rain rate where it rains."""
 CLOUD_EXCESS = 0.25
 """Fraction of the area under cloud (cover > 0.5) without rain."""
+WIND_SPEED_RANGE_M_S = (8.0, 15.0)
+"""Range of the mean wind speed, m/s (drawn per seed, as is its direction)."""
+WIND_OSCILLATION_M_S = 5.0
+"""Amplitude of the oscillation of each wind component around the mean, m/s."""
+WIND_PERIOD_S = 18 * 3600.0
+"""Period of the wind oscillation, seconds."""
 
 #: Clear-sky brightness temperature (K) of the emissive bands 7-16.
 _CLEAR_SKY_K = {7: 295.0, 8: 235.0, 9: 245.0, 10: 255.0, 11: 286.0, 12: 262.0, 13: 293.0,
@@ -88,34 +95,43 @@ _PATH = re.compile(r"synthetic://seed=(?P<seed>\d+)/(?P<time>\d{4}-\d\d-\d\dT\d\
 # ----------------------------------------------------------------------------- the latent field
 
 
+@dataclass(frozen=True)
+class _SeedParameters:
+    """The slowly varying, seed-dependent parameters of the weather."""
+
+    mean_wind: np.ndarray  # (2,) m/s east, north
+    wind_phase: np.ndarray  # (2,) radians, of each component's oscillation
+    cover_phase: float  # radians, of the rain-cover drift
+
+
+@functools.lru_cache(maxsize=64)
+def _parameters(seed: int) -> _SeedParameters:
+    rng = np.random.default_rng([seed, 0x57454154])  # "WEAT": a stream apart from the noise keys
+    speed, direction = rng.uniform(*WIND_SPEED_RANGE_M_S), rng.uniform(0.0, 2 * np.pi)
+    mean_wind = speed * np.array([np.cos(direction), np.sin(direction)])  # (2,)
+    return _SeedParameters(mean_wind, rng.uniform(0.0, 2 * np.pi, 2), rng.uniform(0.0, 2 * np.pi))
+
+
 def wind(time: np.datetime64, seed: int = 0) -> np.ndarray:
     """The advecting wind at ``time``: ``(u, v)`` in m/s, east and north."""
-    base, amplitude, period, phase = _wind_parameters(seed)
-    t = _seconds(time)
-    return base + amplitude * np.sin(2 * np.pi * t / period + phase)  # (2,)
+    p = _parameters(seed)
+    angle = 2 * np.pi * _seconds(time) / WIND_PERIOD_S + p.wind_phase  # (2,)
+    return p.mean_wind + WIND_OSCILLATION_M_S * np.sin(angle)  # (2,)
 
 
 def displacement(time: np.datetime64, seed: int = 0) -> np.ndarray:
     """Integral of :func:`wind` from the epoch to ``time``: ``(dx, dy)`` metres east, north."""
-    base, amplitude, period, phase = _wind_parameters(seed)
+    p = _parameters(seed)
     t = _seconds(time)
-    omega = 2 * np.pi / period
-    return base * t + amplitude / omega * (np.cos(phase) - np.cos(omega * t + phase))  # (2,)
-
-
-@functools.lru_cache(maxsize=64)
-def _wind_parameters(seed: int) -> tuple[np.ndarray, np.ndarray, float, np.ndarray]:
-    rng = np.random.default_rng([seed, 0x57494E44])  # "WIND": a stream apart from the noise
-    speed, direction = rng.uniform(8.0, 15.0), rng.uniform(0.0, 2 * np.pi)
-    base = speed * np.array([np.cos(direction), np.sin(direction)])  # (2,) m/s
-    return base, np.full(2, 5.0), 18 * 3600.0, rng.uniform(0.0, 2 * np.pi, 2)
+    omega = 2 * np.pi / WIND_PERIOD_S
+    swing = np.cos(p.wind_phase) - np.cos(omega * t + p.wind_phase)  # (2,)
+    return p.mean_wind * t + WIND_OSCILLATION_M_S / omega * swing  # (2,)
 
 
 def rain_fraction(time: np.datetime64, seed: int = 0) -> float:
     """Expected fraction of the area with rain at ``time`` (within :data:`RAIN_FRACTION_RANGE`)."""
     low, high = RAIN_FRACTION_RANGE
-    phase = _wind_parameters(seed)[3][0] + 1.0  # a per-seed phase, apart from the wind's
-    angle = 2 * np.pi * _seconds(time) / RAIN_FRACTION_PERIOD_S + phase
+    angle = 2 * np.pi * _seconds(time) / RAIN_FRACTION_PERIOD_S + _parameters(seed).cover_phase
     return low + (high - low) * 0.5 * (1.0 + np.sin(angle))
 
 
@@ -142,7 +158,8 @@ def _spectral_layout(shape: tuple[int, int], resolution_m: float):
     return domain, ky * resolution_m, kx * resolution_m, bands  # frequencies in cycles per cell
 
 
-@functools.lru_cache(maxsize=2 * len(LIFETIMES))  # the two keys of each band: what a run of frames reuses
+# Two keys per band: exactly what a run of consecutive frames reuses.
+@functools.lru_cache(maxsize=2 * len(LIFETIMES))
 def _key(seed: int, band: int, index: int, layout: tuple) -> np.ndarray:
     """The Fourier coefficients of band ``band`` at key time ``index``: white complex noise
     (E|w|^2 = 1) times the spectral amplitude, ``(n_band,)`` complex64."""
@@ -183,7 +200,8 @@ def _rain_rate(z: np.ndarray, z_rain: float) -> np.ndarray:
     rate = np.zeros(z.shape, dtype=np.float32)
     wet = z > z_rain
     below = ndtr(z_rain)
-    quantile = (ndtr(z[wet]) - below) / (1.0 - below)  # rank among the wet pixels, (0, 1)
+    # float64: near the threshold a float32 CDF could round below ``below`` (-> NaN).
+    quantile = (ndtr(z[wet].astype(np.float64)) - below) / (1.0 - below)  # rank in (0, 1)
     rate[wet] = RATE_MEDIAN_MM_H * np.exp(RATE_LOG_STD * ndtri(quantile))
     return rate
 
@@ -324,9 +342,7 @@ class SyntheticSource:
         first = -(-np.datetime64(start, "ns").astype(np.int64) // step)  # ceil: first slot >= start
         last = np.datetime64(end, "ns").astype(np.int64) // step
         slots = (np.arange(first, last + 1) * step).astype("datetime64[ns]")
-        return [
-            f"synthetic://seed={seed}/{t}" for t in np.datetime_as_string(slots, unit="s")
-        ]
+        return [f"synthetic://seed={seed}/{t}" for t in np.datetime_as_string(slots, unit="s")]
 
     def time_of(self, path: str) -> np.datetime64:
         """The time in a pseudo-path."""

@@ -21,6 +21,7 @@ Pseudo-paths are ``<url>#<ISO time>``, one per time step of the dataset.
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import PurePosixPath
 
@@ -42,13 +43,17 @@ ARCHIVE_UNITS: dict[str, str] = {
 #: Accepted source units per archive unit: normalised spelling -> (scale, offset).
 _CONVERSIONS: dict[str, dict[str, tuple[float, float]]] = {
     "mm/h": {
-        **dict.fromkeys(("mm/h", "mm h-1", "mm/hr", "mm hr-1", "mm/hour", "kg m-2 h-1"), (1.0, 0.0)),
+        **dict.fromkeys(
+            ("mm/h", "mm h-1", "mm/hr", "mm hr-1", "mm/hour", "kg m-2 h-1"), (1.0, 0.0)
+        ),
         # 1 kg of water per m2 is a 1 mm layer.
         **dict.fromkeys(("kg m-2 s-1", "kg/m2/s", "mm/s", "mm s-1"), (3600.0, 0.0)),
         **dict.fromkeys(("m/s", "m s-1"), (3.6e6, 0.0)),
     },
-    "K": {**dict.fromkeys(("k", "kelvin"), (1.0, 0.0)),
-          **dict.fromkeys(("degc", "celsius", "degree_celsius"), (1.0, 273.15))},  # fmt: skip
+    "K": {
+        **dict.fromkeys(("k", "kelvin"), (1.0, 0.0)),
+        **dict.fromkeys(("degc", "celsius", "degree_celsius"), (1.0, 273.15)),
+    },
     "1": dict.fromkeys(("1", "", "dimensionless"), (1.0, 0.0)),
 }
 #: An accumulation over N minutes ("mm/5min", "mm per 5 min", "mm (5 min)-1") -> mm/h.
@@ -133,23 +138,33 @@ class ZarrSource:
             if netcdf:
                 # netCDF4 reads a remote file from memory; a local one lazily from disk.
                 nc = (
-                    netCDF4.Dataset(PurePosixPath(url).name, memory=read_bytes(url, self.storage_options))
+                    netCDF4.Dataset(
+                        PurePosixPath(url).name, memory=read_bytes(url, self.storage_options)
+                    )
                     if is_url(url)
                     else netCDF4.Dataset(url)
                 )
                 ds = xr.open_dataset(xr.backends.NetCDF4DataStore(nc))
             else:
                 options = _storage_options(url, self.storage_options) if is_url(url) else None
-                ds = xr.open_zarr(url, storage_options=options or None, chunks=None)
+                with warnings.catch_warnings():
+                    # Consolidated metadata is used when present (fewer requests on remote
+                    # stores); zarr v3 stores usually have none, and the fallback is fine.
+                    warnings.filterwarnings("ignore", "Failed to open Zarr store with consolidated")
+                    ds = xr.open_zarr(url, storage_options=options or None, chunks=None)
         except SourceError:
             raise
         except FileNotFoundError:
             raise SourceError(f"{url}: no such zarr store or netCDF file") from None
-        except Exception as exc:  # noqa: BLE001 - zarr, netCDF4 and fsspec raise their own types
+        except Exception as exc:  # zarr, netCDF4 and fsspec raise their own types
             kind = "netCDF file" if netcdf else "zarr store"
-            raise SourceError(f"{url}: cannot open as a {kind} ({type(exc).__name__}: {exc})") from exc
+            raise SourceError(
+                f"{url}: cannot open as a {kind} ({type(exc).__name__}: {exc})"
+            ) from exc
         if "time" not in ds.dims:
-            raise SourceError(f"{url}: no 'time' dimension; dimensions are {sorted(map(str, ds.dims))}")
+            raise SourceError(
+                f"{url}: no 'time' dimension; dimensions are {sorted(map(str, ds.dims))}"
+            )
         return ds
 
     def _mapping(self, ds: xr.Dataset, url: str) -> dict[str, str]:
@@ -215,7 +230,9 @@ class ZarrSource:
             da = ds[source_name].sel(time=time)
             where = f"{url}: variable {source_name!r}"
             y_dim, x_dim = self._spatial_dims(da, where)
-            values = np.asarray(da.transpose(y_dim, x_dim).values, dtype=np.float32)  # (ny_src, nx_src)
+            values = np.asarray(
+                da.transpose(y_dim, x_dim).values, dtype=np.float32
+            )  # (ny_src, nx_src)
             units = self.units.get(source_name, da.attrs.get("units"))
             target = ARCHIVE_UNITS.get(name)
             if target is not None:
@@ -277,9 +294,12 @@ class ZarrSource:
             try:
                 crs = pyproj.CRS.from_cf(dict(ds[mapping_name].attrs))
             except pyproj.exceptions.CRSError as exc:
-                raise SourceError(f"{where}: unreadable grid mapping {mapping_name!r} ({exc})") from None
+                raise SourceError(
+                    f"{where}: unreadable grid mapping {mapping_name!r} ({exc})"
+                ) from None
         elif {x_dim.lower(), y_dim.lower()} <= _LATLON_NAMES or {
-            str(da[x_dim].attrs.get("standard_name")), str(da[y_dim].attrs.get("standard_name"))
+            str(da[x_dim].attrs.get("standard_name")),
+            str(da[y_dim].attrs.get("standard_name")),
         } == {"longitude", "latitude"}:
             crs = pyproj.CRS.from_epsg(4326)
         else:
