@@ -328,7 +328,7 @@ def compute_normalization(
         for t in chosen:
             y0, x0 = int(rng.integers(0, ny - size + 1)), int(rng.integers(0, nx - size + 1))
             window = archive.read(name, np.array([t], dtype="datetime64[ns]"), y0, x0, size)  # (1, size, size)
-            moments.add(transform(name, window))
+            moments.add(transform(name, window.astype(np.float64)))
         result[name] = _stats_or_error(moments, archive, name)
     ny4, nx4 = ny // COARSE_LEVEL, nx // COARSE_LEVEL
     for name in task.static_features:

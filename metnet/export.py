@@ -103,7 +103,7 @@ def list_products(forecast: xr.Dataset) -> dict[str, Product]:
     if QUANTILE in forecast:
         for q in forecast["quantile"].values:
             name = f"rate_q{_number(q * 100)}"
-            title = f"{q * 100:g}th percentile of precipitation rate"
+            title = f"{q * 100:g}% quantile of precipitation rate"
             products[name] = Product(name, QUANTILE, {"quantile": float(q)}, title)
     if MEAN in forecast:
         products["rate_mean"] = Product("rate_mean", MEAN, {}, "Expected precipitation rate")
@@ -394,7 +394,7 @@ def _check_name(name: str, what: str) -> None:
     if not name or "/" in name or "\\" in name or ".." in name or "\0" in name:
         raise ExportError(
             f"{what} {name!r} would escape the output folder: names may not be empty or "
-            f"contain '/', '\\\\', '..' or NUL"
+            f"contain '/', '\\', '..' or NUL"
         )
 
 

@@ -123,7 +123,7 @@ def forecast_dataset(
             ),
         )
         ds[BIN_PROBABILITY] = xr.DataArray(
-            probs.astype(np.float32),
+            probs.astype(np.float32, copy=False),
             dims=("lead_time", "bin", "y", "x"),
             attrs={
                 "long_name": "probability of precipitation rate in bin",
@@ -160,7 +160,7 @@ def deterministic_forecast_dataset(
         ValueError: shapes that do not match, negative rates, bad thresholds or levels.
     """
     grid = _as_grid(grid_or_coords)
-    rate = np.asarray(rate, dtype=np.float64)
+    rate = np.asarray(rate, dtype=np.float32)
     _check_field(rate, 3, "rate (lead_time, y, x)", grid, lead_times)
     if np.any(rate < 0):
         raise ValueError(
@@ -170,9 +170,10 @@ def deterministic_forecast_dataset(
     thresholds = _increasing(thresholds, "thresholds (mm/h)", low=0.0)
     quantiles = _increasing(quantiles, "quantile levels", low=0.0, high=1.0)
 
-    limit = thresholds[:, None, None, None] * (1.0 - _RELATIVE_TOLERANCE)  # (K, 1, 1, 1)
-    prob = np.where(np.isnan(rate), np.nan, rate >= limit)  # (K, L, y, x)
-    quant = np.broadcast_to(rate, (len(quantiles),) + rate.shape)  # (Q, L, y, x)
+    limit = (thresholds * (1.0 - _RELATIVE_TOLERANCE)).astype(np.float32)  # (K,)
+    at_least = rate >= limit[:, None, None, None]  # (K, L, y, x)
+    prob = np.where(np.isnan(rate), np.float32(np.nan), at_least)  # (K, L, y, x) float32
+    quant = np.repeat(rate[None], len(quantiles), axis=0)  # (Q, L, y, x)
     return _assemble(
         grid, forecast_reference_time, lead_times, thresholds, quantiles, prob, quant, rate,
         relative_to="greater_than_or_equal_to", source=source,
@@ -310,17 +311,17 @@ def _assemble(
         {
             PROBABILITY: (
                 ("threshold", "lead_time", "y", "x"),
-                prob.astype(np.float32),
+                prob.astype(np.float32, copy=False),
                 {"long_name": "probability of precipitation rate above threshold", "units": "1"},
             ),
             QUANTILE: (
                 ("quantile", "lead_time", "y", "x"),
-                quant.astype(np.float32),
+                quant.astype(np.float32, copy=False),
                 {**rate_attrs, "long_name": "quantile of the predicted precipitation rate"},
             ),
             MEAN: (
                 ("lead_time", "y", "x"),
-                mean.astype(np.float32),
+                mean.astype(np.float32, copy=False),
                 {**rate_attrs, "long_name": "expected (mean) precipitation rate"},
             ),
         },

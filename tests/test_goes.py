@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import fsspec
+import netCDF4
 import numpy as np
 import pytest
 
 from metnet.config import GridConfig
 from metnet.grid import Grid
-from metnet.sources import SourceError, get_source
+from metnet.sources import Source, SourceError, get_source
 from metnet.sources.goes import GeosProjection, GOESSource, navigate, scan_start
 from tests.goes_files import A, B, H, Window, abi_file_name, window_covering, write_abi
 
@@ -103,7 +104,8 @@ def test_scan_start_from_the_file_name():
 
 def test_registry_and_band_validation():
     source = get_source("GOES", bands=(13,))
-    assert isinstance(source, GOESSource) and source.bands == (13,)
+    assert isinstance(source, GOESSource) and isinstance(source, Source)
+    assert source.bands == (13,)
     with pytest.raises(ValueError, match=r"ABI bands are 1..16, got \[0, 13\]"):
         get_source("goes", bands=(0, 13))
 
@@ -256,8 +258,6 @@ def test_read_and_discover_through_fsspec_urls(tmp_path, window):
 
 
 def test_not_an_abi_file(tmp_path):
-    import netCDF4
-
     path = tmp_path / abi_file_name(START, 13)
     with netCDF4.Dataset(path, "w") as nc:
         nc.createDimension("x", 2)
@@ -292,3 +292,43 @@ def test_empty_truncated_and_missing_files(tmp_path, window):
 
     with pytest.raises(SourceError, match="nowhere.nc: file not found"):
         get_source("goes").read(str(tmp_path / "nowhere.nc"), GRID)
+
+
+def _drop_semi_minor_axis(nc):
+    nc["goes_imager_projection"].delncattr("semi_minor_axis")
+
+
+def _sweep_y(nc):
+    nc["goes_imager_projection"].setncattr("sweep_angle_axis", "y")
+
+
+def _rename(old: str, new: str):
+    return lambda nc: nc.renameVariable(old, new)
+
+
+def _bad_start(nc):
+    nc.setncattr("time_coverage_start", "yesterday")
+
+
+@pytest.mark.parametrize(
+    ("mutate", "name", "message"),
+    [
+        (_drop_semi_minor_axis, None, "goes_imager_projection lacks semi_minor_axis"),
+        (_sweep_y, None, "sweep_angle_axis 'y' is not supported"),
+        (_rename("y", "row_angle"), None, "no x/y scan-angle variables"),
+        (_rename("CMI", "Rad"), None, r"no CMI or CMI_Cnn variable \(not an ABI L2"),
+        (_rename("band_id", "band"), "image.nc", "CMI without band_id, and no band in the file"),
+        (_bad_start, None, "unreadable time_coverage_start 'yesterday'"),
+    ],
+)
+def test_malformed_abi_files(tmp_path, window, mutate, name, message):
+    path = write_abi(
+        tmp_path / (name or abi_file_name(START, 13)),
+        {13: np.full((window.ny, window.nx), 250.0)},
+        window,
+        START,
+    )
+    with netCDF4.Dataset(path, "a") as nc:
+        mutate(nc)
+    with pytest.raises(SourceError, match=f"{path}: {message}"):
+        get_source("goes").read(str(path), GRID)

@@ -151,13 +151,13 @@ def test_masked_cross_entropy_matches_torch_reference():
 
 
 def test_training_loss_decreases(archive, tmp_path):
-    result = run(tiny(), archive, tmp_path / "run", 30, val_every=0, checkpoint_every=0)
+    result = run(tiny(), archive, tmp_path / "run", 20, val_every=0, checkpoint_every=0)
     losses = np.array(result.train_losses)
-    assert losses.shape == (30,) and np.isfinite(losses).all()
+    assert losses.shape == (20,) and np.isfinite(losses).all()
     first, last = losses[:5].mean(), losses[-5:].mean()
     # Uniform over 512 bins is ln 512 = 6.24; the model learns the dry-heavy climatology.
     assert first > 5.5 and last < first - 0.5, (first, last)
-    assert set(result.val_losses) == {30} and result.val_losses[30] < first
+    assert set(result.val_losses) == {20} and result.val_losses[20] < first
 
 
 def test_metrics_csv_has_columns_and_one_row_per_step(ema_run):

@@ -9,7 +9,7 @@ import xarray as xr
 
 from metnet.config import GridConfig
 from metnet.grid import Grid
-from metnet.sources import SourceError, get_source
+from metnet.sources import Source, SourceError, get_source
 from metnet.sources.zarr_source import ZarrSource, convert_units
 
 # 40 x 30 cells of 2 km in CONUS Albers over Oklahoma (97.3-98.2 W, 35.1-35.6 N).
@@ -77,7 +77,8 @@ def latlon_dataset() -> xr.Dataset:
 
 
 def test_registry():
-    assert isinstance(get_source("ZARR", variables={"rr": "precipitation_rate"}), ZarrSource)
+    source = get_source("ZARR", variables={"rr": "precipitation_rate"})
+    assert isinstance(source, ZarrSource) and isinstance(source, Source)
 
 
 def test_identity_on_the_canonical_grid_is_exact(tmp_path):
@@ -240,3 +241,64 @@ def test_times_paths_and_stores_that_do_not_exist(tmp_path):
     ds.to_zarr(no_time, consolidated=False)
     with pytest.raises(SourceError, match=f"{no_time}: no 'time' dimension"):
         source.discover(no_time, None, None)
+
+
+def _bad_datasets() -> dict[str, tuple[xr.Dataset, dict, str]]:
+    """name -> (dataset, ZarrSource options, expected error) for malformed inputs."""
+    utm = utm_dataset()
+    frames = utm["precip"].values
+    cube = utm.assign(precip4=(("time", "level", "y", "x"), frames[:, None], {"units": "mm/h"}))
+    no_coords = utm.drop_vars(["x", "y"])
+    odd_dims = xr.Dataset(
+        {"v": (("time", "a", "b"), np.zeros((3, 2, 2), np.float32), {"units": "mm/h"})},
+        coords={"time": TIMES},
+    )
+    wrong_mapping = utm.copy()
+    wrong_mapping["precip"].attrs["grid_mapping"] = "nowhere"
+    bad_mapping = utm.copy()
+    bad_mapping["utm"].attrs = {"grid_mapping_name": "nonsense"}
+    return {
+        "only 1-D": (
+            xr.Dataset({"count": ("time", np.arange(3))}, coords={"time": TIMES}),
+            {},
+            "no \\(time, y, x\\) variables",
+        ),
+        "4-D": (
+            cube,
+            {"variables": ["precip4"]},
+            (
+                r"variable 'precip4': expected dimensions \(time, y, x\), "
+                r"got \('time', 'level', 'y', 'x'\)"
+            ),
+        ),
+        "unknown dims": (
+            odd_dims,
+            {},
+            r"variable 'v': cannot tell the x and y dimensions among \['a', 'b'\]",
+        ),
+        "no coordinates": (
+            no_coords,
+            {"variables": ["precip"]},
+            "variable 'precip': no coordinate values for dimensions y, x",
+        ),
+        "missing mapping": (
+            wrong_mapping,
+            {"variables": ["precip"]},
+            "variable 'precip': grid_mapping variable 'nowhere' is missing",
+        ),
+        "bad mapping": (
+            bad_mapping,
+            {"variables": ["precip"]},
+            "variable 'precip': unreadable grid mapping 'utm' \\(Unsupported grid mapping name",
+        ),
+    }
+
+
+@pytest.mark.parametrize("case", list(_bad_datasets()))
+def test_malformed_datasets(tmp_path, case):
+    ds, options, message = _bad_datasets()[case]
+    store = str(tmp_path / "bad.zarr")
+    ds.to_zarr(store, consolidated=False)
+    source = ZarrSource(**options)
+    with pytest.raises(SourceError, match=f"{store}: {message}"):
+        source.read(source.discover(store, None, None)[0], GRID)

@@ -103,7 +103,8 @@ class ZarrSource:
     ``variables`` maps source names to archive names (a list keeps the names; default:
     every variable with a time and two spatial dimensions). ``units`` declares or
     overrides a source variable's units. ``storage_options`` go to fsspec (``s3://``
-    defaults to anonymous access).
+    defaults to anonymous access). ``regrid_cache_dir`` keeps the regridding tables on
+    disk between processes.
     """
 
     name = "zarr"
@@ -113,12 +114,14 @@ class ZarrSource:
         variables: Mapping[str, str] | Iterable[str] | None = None,
         units: Mapping[str, str] | None = None,
         storage_options: Mapping | None = None,
+        regrid_cache_dir: str | None = None,
     ):
         if variables is not None and not isinstance(variables, Mapping):
             variables = {v: v for v in variables}
         self.variables = None if variables is None else dict(variables)
         self.units = dict(units or {})
         self.storage_options = None if storage_options is None else dict(storage_options)
+        self.regrid_cache_dir = None if regrid_cache_dir is None else str(regrid_cache_dir)
         self._datasets: dict[str, xr.Dataset] = {}
         self._resamplers: dict[tuple, object] = {}
 
@@ -227,12 +230,11 @@ class ZarrSource:
             )
         variables = {}
         for source_name, name in self._mapping(ds, url).items():
-            da = ds[source_name].sel(time=time)
             where = f"{url}: variable {source_name!r}"
+            da = ds[source_name].sel(time=time)
             y_dim, x_dim = self._spatial_dims(da, where)
-            values = np.asarray(
-                da.transpose(y_dim, x_dim).values, dtype=np.float32
-            )  # (ny_src, nx_src)
+            da = da.transpose(y_dim, x_dim)  # (ny_src, nx_src)
+            values = np.asarray(da.values, dtype=np.float32)
             units = self.units.get(source_name, da.attrs.get("units"))
             target = ARCHIVE_UNITS.get(name)
             if target is not None:
@@ -308,7 +310,7 @@ class ZarrSource:
                 f"use latitude/longitude coordinates"
             )
         if crs.is_geographic:
-            return Regridder.from_lonlat(x, y, grid)
+            return Regridder.from_lonlat(x, y, grid, cache_dir=self.regrid_cache_dir)
         scale = {"km": 1000.0}.get(str(da[x_dim].attrs.get("units", "m")).lower(), 1.0)
         x, y = x * scale, y * scale
         if crs == grid.crs and x.shape == grid.x.shape and y.shape == grid.y.shape:
@@ -321,4 +323,4 @@ class ZarrSource:
         xx, yy = np.meshgrid(x, y)  # (ny_src, nx_src) each
         to_lonlat = pyproj.Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
         lon, lat = to_lonlat.transform(xx, yy)
-        return Regridder.from_lonlat(lon, lat, grid)
+        return Regridder.from_lonlat(lon, lat, grid, cache_dir=self.regrid_cache_dir)
