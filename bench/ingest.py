@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / ".." / "shared" / "data" / "mrms" / "2019" / "06" / "10"
 RESULTS = ROOT / "bench" / "results" / "ingest.json"
 #: 512 x 512 km over central Texas, EPSG:5070: the rain band of 2019-06-10 00 UTC.
-TEXAS = dict(x_min_m=-456_000.0, y_max_m=1_088_000.0, nx=512, ny=512)
+TEXAS = {"x_min_m": -456_000.0, "y_max_m": 1_088_000.0, "nx": 512, "ny": 512}
 
 
 def _median(values: list[float]) -> float:
@@ -241,28 +241,36 @@ def table(results: dict) -> str:
         f"  decode (metnet mrms)          {f['decode']:7.3f} s",
         f"  regrid to the grid            {f['regrid']:7.3f} s",
         f"  archive write (1 + 4 km)      {f['write']:7.3f} s",
-        f"  ingest_file (read + write)    {f['ingest_file']:7.3f} s   "
-        f"= {f['ratio_ingest_to_pysteps']:.2f} x pysteps (goal <= 1.2)",
+        (
+            f"  ingest_file (read + write)    {f['ingest_file']:7.3f} s   "
+            f"= {f['ratio_ingest_to_pysteps']:.2f} x pysteps (goal <= 1.2)"
+        ),
         f"Parallel ingest of {p['files']} files (dask, single-threaded worker processes)",
         f"  1 worker                      {p['wall_s_1_worker']:7.2f} s",
-        f"  2 workers                     {p['wall_s_2_workers']:7.2f} s   "
-        f"= {p['speedup_2_vs_1']:.2f} x (goal >= 1.7)",
+        (
+            f"  2 workers                     {p['wall_s_2_workers']:7.2f} s   "
+            f"= {p['speedup_2_vs_1']:.2f} x (goal >= 1.7)"
+        ),
     ]
     r = results["reads"]
     lines += [
         "Reads of 7 frames x 256 x 256 px at 1 km",
         f"  Archive.read (zarr)           {r['archive_read_ms']:7.1f} ms",
         f"  xarray.open_zarr + isel       {r['xarray_read_ms']:7.1f} ms",
-        f"  stored per slot (1 km)        {r['stored_kb_per_slot_level1']:7.1f} KB "
-        f"(float32 raw {r['raw_float32_kb_per_slot_level1']:.0f} KB)",
+        (
+            f"  stored per slot (1 km)        {r['stored_kb_per_slot_level1']:7.1f} KB "
+            f"(float32 raw {r['raw_float32_kb_per_slot_level1']:.0f} KB)"
+        ),
     ]
     s = results.get("sampler")
     if s:
         lines += [
             f"Training examples, {s['preset']} preset, CPU ({s['torch_threads']} torch threads)",
             f"  ArchiveSampler                {s['sampler_examples_per_s']:7.2f} examples/s (one process)",
-            f"  training step (batch {s['batch_size']})      {s['train_step_s']:7.2f} s "
-            f"= {s['train_examples_per_s']:.2f} examples/s",
+            (
+                f"  training step (batch {s['batch_size']})      {s['train_step_s']:7.2f} s "
+                f"= {s['train_examples_per_s']:.2f} examples/s"
+            ),
             f"  sampler / training            {s['sampler_to_training_ratio']:7.2f} x",
         ]
     return "\n".join(lines)

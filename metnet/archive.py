@@ -153,11 +153,6 @@ class Encoding:
             return {}
         return {"scale_factor": self.scale_factor, "add_offset": 0.0, "_FillValue": self.fill}
 
-    @classmethod
-    def from_attrs(cls, dtype: str, attrs: dict, fill: Any) -> Encoding:
-        scale = attrs.get("scale_factor")
-        return cls(dtype, None if scale is None else float(scale), fill)
-
 
 RATE = Encoding("uint16", 0.05, 65535)
 REFLECTANCE = Encoding("uint16", 1e-4, 65535)
@@ -357,12 +352,14 @@ class Archive:
                 f"divisible by {factor} for the {factor}x coarser level"
             )
         archive = cls(store, mode="r+", storage_options=storage_options)
-        if archive._fs.exists(f"{archive._root}/zarr.json"):
-            raise ArchiveError(
-                f"{store}: a zarr store already exists there; use Archive.open or "
-                "Archive.open_or_create"
-            )
+        if archive._local:
+            os.makedirs(os.path.dirname(archive._root) or ".", exist_ok=True)  # for the lock
         with archive._lock.exclusive():
+            if archive._fs.exists(f"{archive._root}/zarr.json"):
+                raise ArchiveError(
+                    f"{store}: a zarr store already exists there; use Archive.open or "
+                    "Archive.open_or_create"
+                )
             group = zarr.open_group(archive._zstore, mode="w-")
             grid = Grid(grid_config)
             for level in LEVELS:
@@ -747,7 +744,6 @@ class Archive:
         """Split ``ds`` into dynamic and static variable names; errors name the problem."""
         if not isinstance(ds, xr.Dataset):
             raise ArchiveError(f"{self.store}: write needs an xarray.Dataset, got {type(ds).__name__}")
-        ny, nx = self.grid.shape
         for axis, expected in (("y", self.grid.y), ("x", self.grid.x)):
             if axis in ds.sizes and ds.sizes[axis] != expected.size:
                 raise ArchiveError(

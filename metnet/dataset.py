@@ -8,33 +8,36 @@ One example is a forecast time ``t0``, a lead time and a target tile centre
   ``C = len(task.input_channel_names())`` channels in exactly that order,
   ``S = task.packed_size``. Two views per frame:
 
-  - ``@context``: the whole ``context_px`` x ``context_px`` window centred on the target,
-    NaN-mean pooled by ``task.context_pool``. With a pool of 4 and a window aligned with
-    the 4 km cells it is read from the archive's 4 km level (which holds exactly that
-    NaN-mean), otherwise the 1 km window is read and pooled here.
+  - ``@context``: the whole ``context_px`` x ``context_px`` window centred on the
+    target, NaN-mean pooled by ``task.context_pool``. With a pool of 4 and a window
+    aligned with the 4 km cells it is read from the archive's 4 km level (which stores
+    exactly that NaN-mean); otherwise the 1 km window is read and pooled here.
   - ``@center``: the central ``packed_size`` pixels at 1 km.
 
-  Radar variables are read at the frame times themselves. A satellite frame is the
-  latest scan with every task band available at or before the frame time and at most
-  :data:`metnet.archive.SATELLITE_MAX_AGE` (15 min) older, else missing. Each family (radar, satellite) has one
-  validity mask per view: 1 where every variable of the family is observed, 0 elsewhere
-  (missing frame, no coverage, context overhanging the grid). Values are normalised
-  (:func:`normalize`) and NaN becomes 0, so NaN never reaches the model; the masks carry
-  the missingness. Static fields are normalised the same way (0 outside the grid).
-  Calendar features are ``sin(2 pi phase)``, ``cos(2 pi phase)`` of each frame time,
-  constant over the frame (:data:`CALENDAR_FEATURES`).
+  Radar variables are read at the frame times. A frame's satellite data is the latest
+  scan, with every task band available, at or before the frame time and at most
+  :data:`metnet.archive.SATELLITE_MAX_AGE` (15 min) older; otherwise it is missing.
+  Each family (radar, satellite) has one validity mask per view: 1 where every variable
+  of the family is observed, 0 elsewhere (missing frame, no coverage, context
+  overhanging the grid). Values are normalised (:func:`normalize`) and NaN becomes 0,
+  so NaN never reaches the model; the masks carry the missingness. Static fields are
+  normalised the same way (0 outside the grid). Calendar features are the sine and
+  cosine of ``2 pi`` times each frame time's phase (:data:`CALENDAR_FEATURES`), constant
+  over the frame.
 - **target** ``(target_px, target_px)`` int64 bin indices
   (:func:`metnet.bins.rate_to_bin`) of ``precipitation_rate`` at ``t0 + lead_time`` on
-  the central tile, -1 where the rate is missing, with a bool validity mask.
+  the central tile, -1 where the rate is missing, and a bool validity mask.
 
-Window geometry: a window of even side ``n`` "centred" on ``(cy, cx)`` covers rows
-``cy - n/2 .. cy + n/2 - 1`` (same for columns); context, centre view and target are
+Window geometry: a window of even side ``n`` centred on ``(cy, cx)`` covers rows
+``cy - n/2 .. cy + n/2 - 1`` (columns alike); context, centre view and target are
 concentric. Windows may overhang the grid; the archive pads them with NaN.
 
-Which ``t0`` are valid, which lead times each has, and which satellite scan feeds each
+Which ``t0`` are valid, which lead times each has and which satellite scan feeds each
 frame are decided from the archive's availability index alone, no data read
-(:class:`ExampleBuilder`). :class:`ArchiveSampler` draws examples deterministically from
-``(seed, index)`` for training; :func:`build_inputs` is the entry point for forecasting.
+(:class:`ExampleBuilder`). Unlike :meth:`metnet.archive.Archive.complete_times`, a valid
+``t0`` needs radar at every frame but no satellite scan: a frame without one is masked.
+:class:`ArchiveSampler` draws training examples deterministically from
+``(seed, index)``; :func:`build_inputs` and :class:`ExampleBuilder` serve forecasting.
 """
 
 from __future__ import annotations
@@ -49,25 +52,29 @@ from typing import Any
 import numpy as np
 import torch
 
-from metnet.archive import SATELLITE_MAX_AGE, Archive, nanmean_pool
+from metnet.archive import LEVELS, SATELLITE_MAX_AGE, Archive, nanmean_pool
 from metnet.bins import rate_to_bin
 from metnet.config import TaskConfig
 
-#: Pooling factor of the archive's coarse level (4 km on the 1 km grid).
-COARSE_LEVEL = 4
+#: Pooling factor of the archive's coarse level (4: the 4 km level of the 1 km grid).
+COARSE_LEVEL = max(LEVELS)
 #: The variable whose bins are the target.
 TARGET_VARIABLE = "precipitation_rate"
 #: Variables normalised as ``log1p(max(x, 0))`` before standardisation: rain rates span
 #: four orders of magnitude and are mostly zero. Everything else (ABI reflectance
 #: factors and brightness temperatures, static fields) is standardised as stored.
 LOG1P_VARIABLES = frozenset({"precipitation_rate"})
-#: Side (1 km pixels) of the random windows :func:`compute_normalization` reads per time.
+#: Side (1 km pixels) of the random window :func:`compute_normalization` reads per time.
 NORMALIZATION_WINDOW = 256
-#: Standard deviations below this (a constant field) are replaced by 1 so the field
-#: normalises to 0 instead of dividing by ~0.
+#: A standard deviation below this (a constant field) is replaced by 1, so the field
+#: normalises to 0 instead of being divided by almost 0.
 MIN_STD = 1e-6
 
+#: An inclusive ``(start, end)`` time range.
 Period = tuple[np.datetime64, np.datetime64]
+
+_NS_PER_MINUTE = 60_000_000_000
+_NAT = np.iinfo(np.int64).min  # NaT as int64
 
 
 class DatasetError(ValueError):
@@ -83,44 +90,59 @@ def _ns(times: Any) -> np.ndarray:
 
 
 def _minutes_ns(minutes: Any) -> np.ndarray:
-    return np.asarray(minutes, dtype=np.int64) * 60_000_000_000
+    return np.asarray(minutes, dtype=np.int64) * _NS_PER_MINUTE
+
+
+def _fmt(time: Any) -> str:
+    """A time as ``YYYY-MM-DDTHH:MM`` (an int is nanoseconds since the epoch)."""
+    if isinstance(time, (int, np.integer)):
+        time = np.datetime64(int(time), "ns")
+    return str(np.datetime64(time, "m"))
 
 
 def _member(sorted_ns: np.ndarray, query_ns: np.ndarray) -> np.ndarray:
     """Whether each of ``query_ns`` (any shape) occurs in the sorted 1-D ``sorted_ns``."""
     if sorted_ns.size == 0:
         return np.zeros(query_ns.shape, dtype=bool)
-    pos = np.clip(np.searchsorted(sorted_ns, query_ns), 0, sorted_ns.size - 1)
+    pos = np.minimum(np.searchsorted(sorted_ns, query_ns), sorted_ns.size - 1)
     return sorted_ns[pos] == query_ns
 
 
-def _fmt(t: Any) -> str:
-    return str(np.datetime64(t, "m"))
-
-
 def _check_period(period: Period | None) -> tuple[int, int] | None:
-    """``period`` ``(start, end)`` (inclusive) as nanoseconds, checked."""
+    """``period`` as inclusive ``(start, end)`` nanoseconds, checked."""
     if period is None:
         return None
     try:
         start, end = (int(_ns(t)[0]) for t in period)
     except (TypeError, ValueError) as exc:
         raise DatasetError(f"period must be a (start, end) pair of times, got {period!r}") from exc
+    if _NAT in (start, end):
+        raise DatasetError(f"period must be a (start, end) pair of times, got {period!r}")
     if start > end:
-        raise DatasetError(f"period starts after it ends: {_fmt(period[0])} > {_fmt(period[1])}")
+        raise DatasetError(f"period starts after it ends: {_fmt(start)} > {_fmt(end)}")
     return start, end
 
 
-def _available(archive: Archive, variables: tuple[str, ...], period: tuple[int, int] | None) -> np.ndarray:
-    """Sorted ns times at which every one of ``variables`` is available (within ``period``)."""
+def _period_text(period: Period | None) -> str:
+    return "" if period is None else f" in {_fmt(period[0])} .. {_fmt(period[1])}"
+
+
+def _available(archive: Archive, variables: tuple[str, ...], bounds: tuple[int, int] | None) -> np.ndarray:
+    """Sorted int64 ns times at which every one of ``variables`` is available, within
+    ``bounds`` when given (from the availability index, no data read)."""
     common: np.ndarray | None = None
     for v in variables:
-        t = np.unique(_ns(archive.available_times(v)))
-        common = t if common is None else np.intersect1d(common, t, assume_unique=True)
-    common = np.empty(0, np.int64) if common is None else common
-    if period is not None:
-        common = common[(common >= period[0]) & (common <= period[1])]
+        times = np.unique(_ns(archive.available_times(v)))
+        common = times if common is None else np.intersect1d(common, times, assume_unique=True)
+    if common is None:
+        return np.empty(0, np.int64)
+    if bounds is not None:
+        common = common[(common >= bounds[0]) & (common <= bounds[1])]
     return common
+
+
+def _satellite_variables(task: TaskConfig) -> tuple[str, ...]:
+    return task.input_variables()[len(task.radar_variables) :]
 
 
 def split_periods(
@@ -132,33 +154,31 @@ def split_periods(
 ) -> dict[str, Period]:
     """Train and validation periods: the archive's time range (that of
     :data:`TARGET_VARIABLE`) split into a leading ``"train"`` and a trailing
-    ``"validation"`` part, both inclusive ``(start, end)``.
+    ``"validation"`` part, each an inclusive ``(start, end)``.
 
-    The periods are ``gap_minutes`` apart (default: the largest lead time), so a
-    training example, whose inputs and targets all lie inside the training period when
-    the sampler is given it, is never closer than that to a validation target.
+    The periods lie ``gap_minutes`` apart (default: the largest lead time). A sampler
+    given a period keeps every input and target of its examples inside it, so no time
+    is used by both sets, and no training example comes closer than the gap to a
+    validation target.
     """
     if not 0.0 < validation_fraction < 1.0:
         raise DatasetError(f"validation_fraction must be in (0, 1), got {validation_fraction}")
-    gap = _minutes_ns(task.max_lead_time_minutes if gap_minutes is None else gap_minutes)
+    gap = int(_minutes_ns(task.max_lead_time_minutes if gap_minutes is None else gap_minutes))
     times = _available(archive, (TARGET_VARIABLE,), None)
     if times.size == 0:
         raise DatasetError(f"archive {archive.store}: no {TARGET_VARIABLE} data to split")
     first, last = int(times[0]), int(times[-1])
     step = int(np.timedelta64(archive.time_step, "ns").astype(np.int64))
-    # Validation starts on a time slot so both periods keep whole slots.
+    # Validation starts on a time slot, so both periods hold whole slots.
     split = first + round((1.0 - validation_fraction) * (last - first) / step) * step
-    train_end = split - int(gap)
-    if train_end < first or split > last:
+    if split - gap < first or split > last:
         raise DatasetError(
-            f"archive {archive.store}: {_fmt(times[0].astype('datetime64[ns]'))} to "
-            f"{_fmt(times[-1].astype('datetime64[ns]'))} is too short to split into train and "
-            f"validation periods {int(gap) // 60_000_000_000} minutes apart"
+            f"archive {archive.store}: {_fmt(first)} .. {_fmt(last)} is too short to split into "
+            f"train and validation periods {gap // _NS_PER_MINUTE} minutes apart"
         )
-    as_time = lambda ns: np.datetime64(ns, "ns")  # noqa: E731
     return {
-        "train": (as_time(first), as_time(train_end)),
-        "validation": (as_time(split), as_time(last)),
+        "train": (np.datetime64(first, "ns"), np.datetime64(split - gap, "ns")),
+        "validation": (np.datetime64(split, "ns"), np.datetime64(last, "ns")),
     }
 
 
@@ -167,15 +187,11 @@ def split_periods(
 
 def _day_fraction(t: np.ndarray) -> np.ndarray:
     """Fraction of the UTC day elapsed, in [0, 1)."""
-    day = t.astype("datetime64[D]")
-    return (t - day) / np.timedelta64(1, "D")
-
-
-def _hour_of_day(t: np.ndarray) -> np.ndarray:
-    return _day_fraction(t)
+    return (t - t.astype("datetime64[D]")) / np.timedelta64(1, "D")
 
 
 def _day_of_year(t: np.ndarray) -> np.ndarray:
+    """Fraction of the year elapsed (leap years have 366 days), in [0, 1)."""
     year = t.astype("datetime64[Y]")
     first = year.astype("datetime64[D]")
     days_in_year = ((year + 1).astype("datetime64[D]") - first).astype(np.float64)
@@ -184,45 +200,49 @@ def _day_of_year(t: np.ndarray) -> np.ndarray:
 
 
 def _month(t: np.ndarray) -> np.ndarray:
+    """``(month - 1) / 12``: January 0, December 11/12."""
     return (t.astype("datetime64[M]").astype(np.int64) % 12) / 12.0
 
 
-#: Calendar feature name -> phase in [0, 1) of UTC times; encoded as sin and cos of 2 pi phase.
+#: Calendar feature name -> phase in [0, 1) of UTC times (each feature becomes a sine and
+#: a cosine channel of ``2 pi phase``).
 CALENDAR_FEATURES: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-    "hour_of_day": _hour_of_day,
+    "hour_of_day": _day_fraction,
     "day_of_year": _day_of_year,
     "month": _month,
 }
 
 
 def calendar_features(times: Any, names: tuple[str, ...]) -> np.ndarray:
-    """``(T, 2 * len(names))`` float32: ``sin``, ``cos`` of each named feature's phase
-    (case-insensitive names from :data:`CALENDAR_FEATURES`) at each of ``times`` (UTC)."""
+    """``(T, 2 * len(names))`` float32: for each named feature (case-insensitive, from
+    :data:`CALENDAR_FEATURES`), ``sin`` then ``cos`` of ``2 pi phase`` at ``times`` (UTC)."""
     t = np.atleast_1d(np.asarray(times, dtype="datetime64[ns]"))
-    columns = []
-    for name in names:
+    out = np.zeros((t.size, 2 * len(names)), np.float32)  # (T, 2 * len(names))
+    for k, name in enumerate(names):
         phase_of = CALENDAR_FEATURES.get(name.lower())
         if phase_of is None:
             raise ValueError(
                 f"unknown time feature {name!r}; valid names: {', '.join(CALENDAR_FEATURES)}"
             )
         angle = 2.0 * math.pi * phase_of(t)  # (T,)
-        columns += [np.sin(angle), np.cos(angle)]
-    return np.stack(columns, axis=1).astype(np.float32) if columns else np.zeros((t.size, 0), np.float32)
+        out[:, 2 * k], out[:, 2 * k + 1] = np.sin(angle), np.cos(angle)
+    return out
 
 
 # ----------------------------------------------------------------------------- normalisation
 
 
 def transform(name: str, values: np.ndarray) -> np.ndarray:
-    """The fixed transform applied before standardisation (see :data:`LOG1P_VARIABLES`)."""
+    """The fixed transform before standardisation: ``log1p(max(x, 0))`` for
+    :data:`LOG1P_VARIABLES`, identity otherwise. NaN stays NaN."""
     if name in LOG1P_VARIABLES:
-        return np.log1p(np.maximum(values, 0.0))  # NaN stays NaN
+        return np.log1p(np.maximum(values, 0.0))
     return values
 
 
 def normalize(name: str, values: np.ndarray, normalization: dict[str, dict[str, float]]) -> np.ndarray:
-    """``(transform(values) - mean) / std`` as float32, statistics of ``name``; NaN stays NaN."""
+    """``(transform(values) - mean) / std`` with the statistics of ``name``, float32;
+    NaN stays NaN."""
     stats = normalization[name]
     return ((transform(name, values) - stats["mean"]) / stats["std"]).astype(np.float32)
 
@@ -230,20 +250,27 @@ def normalize(name: str, values: np.ndarray, normalization: dict[str, dict[str, 
 def check_normalization(
     normalization: Any, names: tuple[str, ...] = (), source: str = "normalization"
 ) -> dict[str, dict[str, float]]:
-    """``normalization`` checked to be ``{name: {"mean": finite, "std": positive}}`` and to
-    contain every one of ``names``; returned as a plain dict of floats."""
+    """``normalization`` checked to be ``{name: {"mean": finite, "std": positive}}`` and
+    to hold every one of ``names``; returned as a new dict of Python floats. Errors start
+    with ``source`` (a file name, or ``normalization``)."""
     if not isinstance(normalization, dict):
-        raise DatasetError(f"{source}: must map names to {{'mean', 'std'}}, got {type(normalization).__name__}")
+        raise DatasetError(
+            f"{source}: must map names to {{'mean', 'std'}}, got {type(normalization).__name__}"
+        )
     checked: dict[str, dict[str, float]] = {}
     for name, stats in normalization.items():
         if not isinstance(stats, dict) or set(stats) != {"mean", "std"}:
-            raise DatasetError(f"{source}: {name!r} must have exactly the keys 'mean' and 'std', got {stats!r}")
+            raise DatasetError(
+                f"{source}: {name!r} must have exactly the keys 'mean' and 'std', got {stats!r}"
+            )
         try:
             mean, std = float(stats["mean"]), float(stats["std"])
         except (TypeError, ValueError):
             raise DatasetError(f"{source}: {name!r} mean and std must be numbers, got {stats!r}") from None
         if not (math.isfinite(mean) and math.isfinite(std) and std > 0):
-            raise DatasetError(f"{source}: {name!r} needs a finite mean and a positive std, got {stats!r}")
+            raise DatasetError(
+                f"{source}: {name!r} needs a finite mean and a positive std, got {stats!r}"
+            )
         checked[str(name)] = {"mean": mean, "std": std}
     missing = [n for n in names if n not in checked]
     if missing:
@@ -273,7 +300,8 @@ def load_normalization(path: str | Path) -> dict[str, dict[str, float]]:
 
 
 class _Moments:
-    """Running count, mean and variance (float64) of the finite values added."""
+    """Count, mean and standard deviation of the finite values added (float64 sums of
+    deviations from the first batch's mean, so the sum of squares does not cancel)."""
 
     def __init__(self) -> None:
         self.count, self.shift, self.total, self.total_sq = 0, 0.0, 0.0, 0.0
@@ -281,19 +309,20 @@ class _Moments:
     def add(self, values: np.ndarray) -> None:
         v = np.asarray(values, dtype=np.float64)
         v = v[np.isfinite(v)]
-        # Shift by the first batch's mean so the sums of squares do not cancel.
-        if self.count == 0 and v.size:
+        if v.size == 0:
+            return
+        if self.count == 0:
             self.shift = float(v.mean())
-        if v.size:
-            d = v - self.shift
-            self.count += v.size
-            self.total += float(d.sum())
-            self.total_sq += float((d * d).sum())
+        d = v - self.shift
+        self.count += v.size
+        self.total += float(d.sum())
+        self.total_sq += float((d * d).sum())
 
-    def stats(self) -> dict[str, float]:
+    def stats(self, what: str) -> dict[str, float]:
+        if self.count == 0:
+            raise DatasetError(f"{what} has no finite values to compute normalisation statistics from")
         mean = self.total / self.count
-        var = max(self.total_sq / self.count - mean * mean, 0.0)
-        std = math.sqrt(var)
+        std = math.sqrt(max(self.total_sq / self.count - mean * mean, 0.0))
         return {"mean": self.shift + mean, "std": std if std >= MIN_STD else 1.0}
 
 
@@ -305,15 +334,18 @@ def compute_normalization(
     seed: int = 0,
     period: Period | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Mean and std, after :func:`transform`, of every input variable and static field.
+    """Mean and standard deviation, after :func:`transform`, of every input variable
+    and static field of ``task``: ``{name: {"mean": float, "std": float}}``.
 
     Dynamic variables: up to ``max_times`` of the variable's available times (within
-    ``period``, inclusive) drawn at random without replacement, one random
-    :data:`NORMALIZATION_WINDOW`-pixel square inside the grid read at 1 km per time.
+    ``period``, inclusive, when given) drawn at random without replacement, and at each
+    a random :data:`NORMALIZATION_WINDOW`-pixel square inside the grid read at 1 km.
     Static fields: the whole field at the 4 km level. NaN is ignored; a constant field
-    gets std 1. Returns ``{name: {"mean": float, "std": float}}`` (JSON-serialisable).
+    gets std 1. The result is plain JSON-serialisable data (it travels in checkpoints).
     """
     check_archive(archive, task)
+    if max_times < 1:
+        raise DatasetError(f"max_times must be positive, got {max_times}")
     bounds = _check_period(period)
     rng = np.random.default_rng(seed)
     ny, nx = archive.grid.shape
@@ -322,38 +354,31 @@ def compute_normalization(
     for name in task.input_variables():
         times = _available(archive, (name,), bounds)
         if times.size == 0:
-            raise DatasetError(f"archive {archive.store}: no {name} data{_period_text(period)} to compute normalisation statistics from")
+            raise DatasetError(
+                f"archive {archive.store}: no {name} data{_period_text(period)} "
+                "to compute normalisation statistics from"
+            )
         chosen = np.sort(rng.choice(times, size=min(max_times, times.size), replace=False))
         moments = _Moments()
-        for t in chosen:
-            y0, x0 = int(rng.integers(0, ny - size + 1)), int(rng.integers(0, nx - size + 1))
-            window = archive.read(name, np.array([t], dtype="datetime64[ns]"), y0, x0, size)  # (1, size, size)
+        for t in chosen.astype("datetime64[ns]"):
+            y0, x0 = int(rng.integers(ny - size + 1)), int(rng.integers(nx - size + 1))
+            window = archive.read(name, [t], y0, x0, size)  # (1, size, size)
             moments.add(transform(name, window.astype(np.float64)))
-        result[name] = _stats_or_error(moments, archive, name)
+        result[name] = moments.stats(f"archive {archive.store}: {name}{_period_text(period)}")
     ny4, nx4 = ny // COARSE_LEVEL, nx // COARSE_LEVEL
     for name in task.static_features:
         moments = _Moments()
-        moments.add(archive.read_static(name, 0, 0, max(ny4, nx4), level=COARSE_LEVEL))  # NaN-padded square
-        result[name] = _stats_or_error(moments, archive, name)
+        moments.add(archive.read_static(name, 0, 0, max(ny4, nx4), level=COARSE_LEVEL))  # NaN-padded
+        result[name] = moments.stats(f"archive {archive.store}: static field {name}")
     return result
 
 
-def _stats_or_error(moments: _Moments, archive: Archive, name: str) -> dict[str, float]:
-    if moments.count == 0:
-        raise DatasetError(f"archive {archive.store}: {name} has no finite values in the sampled data")
-    return moments.stats()
-
-
-def _period_text(period: Period | None) -> str:
-    return "" if period is None else f" in {_fmt(period[0])} .. {_fmt(period[1])}"
-
-
-# ----------------------------------------------------------------------------- reading
+# ----------------------------------------------------------------------------- examples
 
 
 def check_archive(archive: Archive, task: TaskConfig) -> None:
-    """Raise :class:`DatasetError` unless ``archive`` holds everything ``task`` reads, on
-    a grid of the task's resolution."""
+    """Raise :class:`DatasetError` unless ``archive`` has the task's resolution and
+    every variable and static field the task reads."""
     res_m = archive.grid_config.resolution_m
     if abs(task.resolution_km * 1000.0 - res_m) > 1e-6:
         raise DatasetError(
@@ -377,8 +402,8 @@ def check_archive(archive: Archive, task: TaskConfig) -> None:
 
 @dataclass(frozen=True)
 class _View:
-    """Where one packed view comes from: a ``size`` square at archive ``level`` with
-    top-left ``(y0, x0)`` in that level's pixels, then NaN-mean pooled by ``pool``."""
+    """Where a packed view comes from: the ``size`` square with top-left ``(y0, x0)`` of
+    archive ``level`` (in that level's pixels), NaN-mean pooled by ``pool``."""
 
     level: int
     y0: int
@@ -386,38 +411,39 @@ class _View:
     size: int
     pool: int
 
-    def read(self, archive: Archive, variable: str, times_ns: np.ndarray) -> np.ndarray:
-        """``(len(times), S, S)`` float32 values at ``times_ns`` (NaN at missing times)."""
-        if times_ns.size == 0:
-            s = self.size // self.pool
-            return np.empty((0, s, s), np.float32)
-        times = times_ns.astype("datetime64[ns]")
+    def read(self, archive: Archive, variable: str, times: np.ndarray) -> np.ndarray:
+        """``(len(times), S, S)`` float32 at ``times`` (datetime64; NaN where missing)."""
+        if times.size == 0:
+            side = self.size // self.pool
+            return np.empty((0, side, side), np.float32)
         raw = archive.read(variable, times, self.y0, self.x0, self.size, level=self.level)  # (T, size, size)
         return raw if self.pool == 1 else nanmean_pool(raw, self.pool)  # (T, S, S)
 
     def crop(self, field: np.ndarray) -> np.ndarray:
-        """The view of a whole static ``field`` ``(ny, nx)`` of the view's level: ``(S, S)``
-        float32, NaN outside the grid."""
+        """This view of a whole static ``field`` ``(ny, nx)`` of the view's level:
+        ``(S, S)`` float32, NaN outside the grid."""
         out = np.full((self.size, self.size), np.nan, np.float32)  # (size, size)
         ny, nx = field.shape
-        ya, yb, xa, xb = max(self.y0, 0), min(self.y0 + self.size, ny), max(self.x0, 0), min(self.x0 + self.size, nx)
+        ya, yb = max(self.y0, 0), min(self.y0 + self.size, ny)
+        xa, xb = max(self.x0, 0), min(self.x0 + self.size, nx)
         if ya < yb and xa < xb:
             out[ya - self.y0 : yb - self.y0, xa - self.x0 : xb - self.x0] = field[ya:yb, xa:xb]
         return out if self.pool == 1 else nanmean_pool(out, self.pool)  # (S, S)
 
 
 class ExampleBuilder:
-    """Builds inputs and targets of one task from one archive.
+    """Builds the inputs and targets of one task from one archive.
 
-    The archive's availability index is read once here (restricted to ``period``, an
-    inclusive ``(start, end)``, when given: then every input frame, satellite scan and
-    target of every example lies inside the period). Picklable: an :class:`Archive`
-    pickles as its address and is reopened by the process that unpickles it (each
-    DataLoader worker), so no zarr handle crosses processes.
+    The availability index is read once, here, restricted to ``period`` (inclusive
+    ``(start, end)``) when given: then every input frame, satellite scan and target of
+    every example lies inside the period. Static fields are read whole on first use
+    and kept, once per process and level (4 bytes per pixel and field: about 180 MB for
+    the three fields of the ``paper`` grid at both levels), instead of being read for
+    every example and view.
 
-    Static fields are read whole, once per process and level, and kept in memory: one
-    read instead of one per example and view (4 bytes per pixel and field, e.g. 180 MB
-    for the three fields of the ``paper`` grid at both levels).
+    Picklable: an :class:`~metnet.archive.Archive` pickles as its address and is
+    reopened by the process that unpickles it (each DataLoader worker), and the static
+    cache is left behind, so no zarr handle or large array crosses processes.
     """
 
     def __init__(
@@ -429,23 +455,22 @@ class ExampleBuilder:
         period: Period | None = None,
     ):
         check_archive(archive, task)
+        self.archive = archive
         self.task = task
         self.normalization = check_normalization(
             normalization, (*task.input_variables(), *task.static_features)
         )
-        for name in task.time_features:  # fail now, not in the first example
-            calendar_features(np.zeros(1, "datetime64[ns]"), (name,))
+        calendar_features(np.zeros(1, "datetime64[ns]"), task.time_features)  # fail now on bad names
         self.period = period
         bounds = _check_period(period)
-        self.archive = archive
         self._channel = {name: i for i, name in enumerate(task.input_channel_names())}
-        self._radar_ns = _available(archive, task.radar_variables, bounds)
-        self._satellite_ns = _available(archive, task.input_variables()[len(task.radar_variables):], bounds) if task.satellite_bands else np.empty(0, np.int64)
-        self._target_ns = _available(archive, (TARGET_VARIABLE,), bounds)
-        # Frame offsets from t0, oldest first.
-        self._offsets_ns = _minutes_ns(np.arange(-task.history_minutes, 1, task.history_interval_minutes))  # (T,)
+        self._radar_ns = _available(archive, task.radar_variables, bounds)  # (N_radar,)
+        satellite = _satellite_variables(task)
+        self._scan_ns = _available(archive, satellite, bounds) if satellite else np.empty(0, np.int64)
+        self._target_ns = _available(archive, (TARGET_VARIABLE,), bounds)  # (N_target,)
+        offsets = np.arange(-task.history_minutes, 1, task.history_interval_minutes)
+        self._offsets_ns = _minutes_ns(offsets)  # (T,) frame times relative to t0, oldest first
         self._leads = np.asarray(task.lead_times, dtype=np.int64)  # (L,) minutes
-        self._grid_shape = archive.grid.shape
         self._static: dict[tuple[str, int], np.ndarray] = {}  # (name, level) -> (ny, nx)
 
     def __getstate__(self) -> dict:
@@ -453,40 +478,33 @@ class ExampleBuilder:
         state["_static"] = {}  # each process fills its own cache
         return state
 
-    def _static_field(self, name: str, level: int) -> np.ndarray:
-        """The whole static field ``name`` at ``level``: ``(ny, nx)`` float32, cached."""
-        if (name, level) not in self._static:
-            ny, nx = (n // level for n in self._grid_shape)
-            square = self.archive.read_static(name, 0, 0, max(ny, nx), level=level)  # NaN-padded
-            self._static[name, level] = square[:ny, :nx]
-        return self._static[name, level]
-
     # ----------------------------------------------------------------- times
 
     def valid_times(self) -> np.ndarray:
-        """Forecast times (datetime64[ns], sorted) with every radar frame of the history
-        and at least one lead time's target available (within the period)."""
+        """Forecast times (sorted datetime64[ns]) with every radar frame of the history
+        and the target of at least one lead time available (within the period)."""
         t0 = self._radar_ns  # (N,) t0 is itself the newest frame
-        history_ok = _member(self._radar_ns, t0[:, None] + self._offsets_ns[None, :]).all(axis=1)  # (N,)
-        lead_ok = np.zeros(t0.shape, dtype=bool)  # (N,)
-        for lead_ns in _minutes_ns(self._leads):  # one pass per lead keeps memory at O(N)
-            lead_ok |= _member(self._target_ns, t0 + lead_ns)
-        return t0[history_ok & lead_ok].astype("datetime64[ns]")
+        frames = t0[:, None] + self._offsets_ns[None, :]  # (N, T)
+        history_ok = _member(self._radar_ns, frames).all(axis=1)  # (N,)
+        target_ok = np.zeros(t0.shape, dtype=bool)  # (N,)
+        for lead_ns in _minutes_ns(self._leads):  # a loop keeps memory O(N), not O(N L)
+            target_ok |= _member(self._target_ns, t0 + lead_ns)
+        return t0[history_ok & target_ok].astype("datetime64[ns]")
 
     def lead_times(self, t0: np.datetime64) -> np.ndarray:
-        """Lead times (int64 minutes) whose target is available for forecast time ``t0``."""
+        """``(L',)`` int64 lead times (minutes) whose target is available for ``t0``."""
         ok = _member(self._target_ns, _ns(t0)[0] + _minutes_ns(self._leads))  # (L,)
         return self._leads[ok]
 
     def frame_times(self, t0: np.datetime64) -> tuple[np.ndarray, np.ndarray]:
-        """The ``(T,)`` input frame times and the ``(T,)`` satellite scan time used for each
-        frame (NaT where none is recent enough), both datetime64[ns]."""
+        """The ``(T,)`` input frame times of forecast time ``t0`` and the ``(T,)``
+        satellite scan time of each frame (NaT where none is recent enough), datetime64[ns]."""
         frames = _ns(t0)[0] + self._offsets_ns  # (T,)
-        scans = np.full(frames.shape, np.iinfo(np.int64).min, dtype=np.int64)  # NaT
-        if self._satellite_ns.size:
-            pos = np.searchsorted(self._satellite_ns, frames, side="right") - 1  # latest scan <= frame
-            latest = self._satellite_ns[np.maximum(pos, 0)]
-            max_age = int(SATELLITE_MAX_AGE.astype("timedelta64[ns]").astype(np.int64))
+        scans = np.full(frames.shape, _NAT, dtype=np.int64)  # (T,)
+        if self._scan_ns.size:
+            pos = np.searchsorted(self._scan_ns, frames, side="right") - 1  # latest scan <= frame
+            latest = self._scan_ns[np.maximum(pos, 0)]  # (T,)
+            max_age = int(np.timedelta64(SATELLITE_MAX_AGE, "ns").astype(np.int64))
             recent = (pos >= 0) & (frames - latest <= max_age)
             scans[recent] = latest[recent]
         return frames.astype("datetime64[ns]"), scans.astype("datetime64[ns]")
@@ -495,95 +513,111 @@ class ExampleBuilder:
 
     def _views(self, center_y: int, center_x: int) -> dict[str, _View]:
         task = self.task
-        s, ctx, pool = task.packed_size, task.context_px, task.context_pool
-        cy0, cx0 = center_y - ctx // 2, center_x - ctx // 2
-        if pool == COARSE_LEVEL and cy0 % COARSE_LEVEL == 0 and cx0 % COARSE_LEVEL == 0:
-            context = _View(COARSE_LEVEL, cy0 // COARSE_LEVEL, cx0 // COARSE_LEVEL, s, 1)
+        size, ctx, pool = task.packed_size, task.context_px, task.context_pool
+        y0, x0 = center_y - ctx // 2, center_x - ctx // 2
+        if pool == COARSE_LEVEL and y0 % COARSE_LEVEL == 0 and x0 % COARSE_LEVEL == 0:
+            context = _View(COARSE_LEVEL, y0 // COARSE_LEVEL, x0 // COARSE_LEVEL, size, 1)
         else:
-            context = _View(1, cy0, cx0, ctx, pool)
-        center = _View(1, center_y - s // 2, center_x - s // 2, s, 1)
+            context = _View(1, y0, x0, ctx, pool)
+        center = _View(1, center_y - size // 2, center_x - size // 2, size, 1)
         return {"context": context, "center": center}
 
+    def _static_field(self, name: str, level: int) -> np.ndarray:
+        """The whole static field ``name`` of ``level``: ``(ny, nx)`` float32, cached."""
+        if (name, level) not in self._static:
+            ny, nx = self.archive.level_grid(level).shape
+            square = self.archive.read_static(name, 0, 0, max(ny, nx), level=level)  # NaN-padded
+            self._static[name, level] = square[:ny, :nx]  # (ny, nx)
+        return self._static[name, level]
+
     def inputs(self, t0: np.datetime64, center_y: int, center_x: int) -> np.ndarray:
-        """The packed input stack ``(T, C, S, S)`` float32 for forecast time ``t0`` and the
-        target centred on pixel ``(center_y, center_x)``; NaN-free."""
-        task, archive, ch = self.task, self.archive, self._channel
+        """The packed input stack ``(T, C, S, S)`` float32 of forecast time ``t0`` for the
+        target centred on 1 km pixel ``(center_y, center_x)``; NaN-free."""
+        task, archive, channel = self.task, self.archive, self._channel
         frames, scans = self.frame_times(t0)
-        out = np.zeros((task.num_frames, len(ch), task.packed_size, task.packed_size), np.float32)  # (T, C, S, S)
-        has_scan = ~np.isnat(scans)
-        scan_ns, scan_index = np.unique(scans[has_scan].astype(np.int64), return_inverse=True)
-        satellite = task.input_variables()[len(task.radar_variables):]
+        size = task.packed_size
+        out = np.zeros((frames.size, len(channel), size, size), np.float32)  # (T, C, S, S)
+        has_scan = ~np.isnat(scans)  # (T,)
+        unique_scans, scan_of_frame = np.unique(scans[has_scan], return_inverse=True)  # each scan read once
         for view_name, view in self._views(center_y, center_x).items():
-            radar = {v: view.read(archive, v, frames.astype(np.int64)) for v in task.radar_variables}  # (T, S, S) each
+            radar = {v: view.read(archive, v, frames) for v in task.radar_variables}  # (T, S, S) each
             self._put_family(out, radar, view_name, "radar_valid")
+            satellite = {}
+            for v in _satellite_variables(task):
+                values = np.full((frames.size, size, size), np.nan, np.float32)  # (T, S, S)
+                values[has_scan] = view.read(archive, v, unique_scans)[scan_of_frame]
+                satellite[v] = values
             if satellite:
-                sat = {}
-                for v in satellite:
-                    full = np.full(out[:, 0].shape, np.nan, np.float32)  # (T, S, S)
-                    full[has_scan] = view.read(archive, v, scan_ns)[scan_index]  # each scan read once
-                    sat[v] = full
-                self._put_family(out, sat, view_name, "satellite_valid")
+                self._put_family(out, satellite, view_name, "satellite_valid")
             for name in task.static_features:
-                field = normalize(name, view.crop(self._static_field(name, view.level)), self.normalization)  # (S, S)
-                out[:, ch[f"{name}@{view_name}"]] = np.nan_to_num(field, nan=0.0)  # broadcast over T
+                field = view.crop(self._static_field(name, view.level))  # (S, S)
+                normalized = normalize(name, field, self.normalization)
+                out[:, channel[f"{name}@{view_name}"]] = np.nan_to_num(normalized, nan=0.0)  # every frame
         features = calendar_features(frames, task.time_features)  # (T, 2F)
         for k, name in enumerate(task.time_features):
-            out[:, ch[f"{name}_sin"]] = features[:, 2 * k, None, None]
-            out[:, ch[f"{name}_cos"]] = features[:, 2 * k + 1, None, None]
+            out[:, channel[f"{name}_sin"]] = features[:, 2 * k, None, None]
+            out[:, channel[f"{name}_cos"]] = features[:, 2 * k + 1, None, None]
         return out
 
-    def _put_family(self, out: np.ndarray, values: dict[str, np.ndarray], view: str, mask_name: str) -> None:
-        """Write a family's normalised variables (NaN -> 0) and its validity mask (1 where
-        every variable of the family is finite) into ``out`` ``(T, C, S, S)``."""
-        valid = np.ones(out[:, 0].shape, dtype=bool)  # (T, S, S)
+    def _put_family(self, out: np.ndarray, values: dict[str, np.ndarray], view: str, mask: str) -> None:
+        """Write a family's normalised variables ``(T, S, S)`` (NaN -> 0) and its mask (1
+        where every variable of the family is finite) into ``out`` ``(T, C, S, S)``."""
+        valid = np.ones(out.shape[:1] + out.shape[2:], dtype=bool)  # (T, S, S)
         for name, raw in values.items():
             finite = np.isfinite(raw)
             valid &= finite
-            out[:, self._channel[f"{name}@{view}"]] = np.where(finite, normalize(name, raw, self.normalization), 0.0)
-        out[:, self._channel[f"{mask_name}@{view}"]] = valid
+            normalized = normalize(name, raw, self.normalization)
+            out[:, self._channel[f"{name}@{view}"]] = np.where(finite, normalized, 0.0)
+        out[:, self._channel[f"{mask}@{view}"]] = valid
 
-    def target(self, t0: np.datetime64, lead_time: int, center_y: int, center_x: int) -> tuple[np.ndarray, np.ndarray]:
+    def target(
+        self, t0: np.datetime64, lead_time: int, center_y: int, center_x: int
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Bin indices ``(H, W)`` int64 (-1 where missing) and validity ``(H, W)`` bool of
         :data:`TARGET_VARIABLE` at ``t0 + lead_time`` (minutes) on the target tile."""
-        tp = self.task.target_px
+        half = self.task.target_px // 2
         when = np.datetime64(t0, "ns") + np.timedelta64(int(lead_time), "m")
-        rate = self.archive.read(TARGET_VARIABLE, np.array([when]), center_y - tp // 2, center_x - tp // 2, tp)[0]  # (H, W) mm/h
-        bins = rate_to_bin(rate, self.task.bin_width_mm_h, self.task.num_bins)  # -1 where NaN
+        rate = self.archive.read(
+            TARGET_VARIABLE, [when], center_y - half, center_x - half, 2 * half
+        )[0]  # (H, W) mm/h
+        bins = rate_to_bin(rate, self.task.bin_width_mm_h, self.task.num_bins)  # (H, W), -1 where NaN
         return bins, bins >= 0
 
     # ----------------------------------------------------------------- locations
 
     def centre_lattice(self) -> tuple[np.ndarray, np.ndarray]:
-        """Candidate target centres: rows ``(Ny,)`` and columns ``(Nx,)`` (int64), multiples
-        of :data:`COARSE_LEVEL` (so the context aligns with the 4 km level) whose target
-        tile lies inside the grid."""
+        """Candidate target centres: rows ``(Ny,)`` and columns ``(Nx,)`` int64, the
+        multiples of :data:`COARSE_LEVEL` (so the context aligns with the 4 km level)
+        whose target tile lies inside the grid."""
         half = self.task.target_px // 2
-        rows, cols = (
-            np.arange(-(-half // COARSE_LEVEL) * COARSE_LEVEL, n - half + 1, COARSE_LEVEL, dtype=np.int64)
-            for n in self._grid_shape
-        )
+        first = -(-half // COARSE_LEVEL) * COARSE_LEVEL  # smallest multiple >= half
+        ny, nx = self.archive.grid.shape
+        rows, cols = (np.arange(first, n - half + 1, COARSE_LEVEL, dtype=np.int64) for n in (ny, nx))
         if rows.size == 0 or cols.size == 0:
             raise DatasetError(
-                f"archive {self.archive.store}: the {self._grid_shape[0]} x {self._grid_shape[1]} grid "
-                f"is smaller than the {self.task.target_px}-pixel target tile"
+                f"archive {self.archive.store}: the {ny} x {nx} grid has no place for a "
+                f"{self.task.target_px}-pixel target tile"
             )
         return rows, cols
 
     def rain_fraction(self, t0: np.datetime64, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-        """``(len(rows), len(cols))`` fraction of the target tile raining at ``t0`` for each
-        candidate centre, from the 4 km level: a 4 km cell rains when its mean rate is at
-        least one bin width (i.e. not in bin 0). One read of the whole 4 km frame."""
-        ny4, nx4 = (n // COARSE_LEVEL for n in self._grid_shape)
-        t = np.array([np.datetime64(t0, "ns")])
-        coarse = self.archive.read(TARGET_VARIABLE, t, 0, 0, max(ny4, nx4), level=COARSE_LEVEL)[0, :ny4, :nx4]  # (ny4, nx4)
-        rain = (coarse >= self.task.bin_width_mm_h).astype(np.float64)  # NaN -> dry
-        integral = np.zeros((ny4 + 1, nx4 + 1))
-        integral[1:, 1:] = rain.cumsum(0).cumsum(1)  # (ny4 + 1, nx4 + 1) summed-area table
-        w = max(self.task.target_px // COARSE_LEVEL, 1)
-        top = np.clip((rows - self.task.target_px // 2) // COARSE_LEVEL, 0, ny4 - w)[:, None]  # (Ny, 1)
-        left = np.clip((cols - self.task.target_px // 2) // COARSE_LEVEL, 0, nx4 - w)[None, :]  # (1, Nx)
-        total = integral[top + w, left + w] - integral[top, left + w] - integral[top + w, left] + integral[top, left]
-        return total / (w * w)  # (Ny, Nx)
+        """``(len(rows), len(cols))``: for each candidate centre, the fraction of its target
+        tile raining at ``t0``, from one read of the whole 4 km frame. A 4 km cell rains
+        when its mean rate is at least one bin width (outside bin 0); a tile whose edge
+        cuts 4 km cells (``target_px / 2`` not a multiple of 4) is approximated by the
+        cells from the one containing its top-left pixel."""
+        ny4, nx4 = self.archive.level_grid(COARSE_LEVEL).shape
+        when = [np.datetime64(t0, "ns")]
+        coarse = self.archive.read(TARGET_VARIABLE, when, 0, 0, max(ny4, nx4), level=COARSE_LEVEL)
+        rain = coarse[0, :ny4, :nx4] >= self.task.bin_width_mm_h  # (ny4, nx4), NaN -> dry
+        table = np.zeros((ny4 + 1, nx4 + 1))  # summed-area table
+        table[1:, 1:] = rain.cumsum(axis=0).cumsum(axis=1)
+        cells = self.task.target_px // COARSE_LEVEL  # tile side in 4 km cells
+        top = ((rows - self.task.target_px // 2) // COARSE_LEVEL)[:, None]  # (Ny, 1)
+        left = ((cols - self.task.target_px // 2) // COARSE_LEVEL)[None, :]  # (1, Nx)
+        bottom, right = top + cells, left + cells
+        raining = table[bottom, right] - table[top, right] - table[bottom, left] + table[top, left]
+        return raining / cells**2  # (Ny, Nx)
 
 
 def build_inputs(
@@ -594,11 +628,12 @@ def build_inputs(
     center_x: int,
     normalization: dict[str, dict[str, float]],
 ) -> np.ndarray:
-    """The input stack ``(T, C, S, S)`` float32 for forecast time ``t0`` and the target
+    """The input stack ``(T, C, S, S)`` float32 of forecast time ``t0`` for the target
     centred on 1 km pixel ``(center_y, center_x)`` (see the module docstring).
 
-    Builds an :class:`ExampleBuilder` per call; to build many tiles of one archive, make
-    one builder and call its :meth:`~ExampleBuilder.inputs`.
+    Builds an :class:`ExampleBuilder` per call (reading the availability index and the
+    static fields); to build many tiles, make one builder and call its
+    :meth:`~ExampleBuilder.inputs`.
     """
     return ExampleBuilder(archive, task, normalization).inputs(t0, center_y, center_x)
 
@@ -609,22 +644,26 @@ def build_inputs(
 class ArchiveSampler(torch.utils.data.Dataset):
     """Training examples drawn from an archive; item ``i`` depends only on ``(seed, i)``.
 
-    Each item draws, from ``numpy.random.default_rng([seed, i])``: a forecast time
-    uniformly among :meth:`ExampleBuilder.valid_times`; a lead time uniformly among the
-    task's lead times whose target is available for it; a target centre on
-    :meth:`ExampleBuilder.centre_lattice`, uniformly, or with ``oversample_rain``
-    proportionally to ``rain_epsilon + f`` where ``f`` is the tile's raining fraction at
-    ``t0`` (:meth:`ExampleBuilder.rain_fraction`): a dry tile is then drawn
-    ``rain_epsilon / (rain_epsilon + 1)`` times as often as a fully raining one. This
-    biases the training climatology toward rain; calibrate on validation data drawn
+    Item ``i`` draws from ``numpy.random.default_rng([seed, i])``: a forecast time
+    uniformly among :meth:`ExampleBuilder.valid_times`; a lead time uniformly among
+    those whose target is available for it; a target centre on
+    :meth:`ExampleBuilder.centre_lattice`, uniformly, or with ``oversample_rain`` with
+    probability proportional to ``rain_epsilon + f``, ``f`` the tile's raining fraction
+    at ``t0`` (:meth:`ExampleBuilder.rain_fraction`). A dry tile is then drawn
+    ``rain_epsilon / (rain_epsilon + 1)`` times as often as a fully raining one, which
+    biases the training climatology toward rain: calibrate on validation data drawn
     without it.
 
-    Resuming training exactly is starting the index sequence where it stopped. Use one
-    sampler per period (:func:`split_periods`) for a leak-free train/validation split.
-    Items are dicts of tensors: ``inputs`` ``(T, C, S, S)`` float32, ``lead_time`` int64
-    minutes, ``target`` ``(H, W)`` int64 bin index (-1 where missing), ``target_valid`` ``(H, W)`` bool,
-    ``time`` int64 ns since the epoch (t0), ``center`` ``(2,)`` int64 (row, column).
-    Works with ``DataLoader(num_workers > 0)``: each worker reopens the archive.
+    ``num_examples`` (default: the number of valid times) is the length; resuming
+    training exactly means continuing the index sequence where it stopped. Give each of
+    the train and validation samplers its own ``period`` (:func:`split_periods`) for a
+    split without leakage.
+
+    Items are dicts of tensors: ``inputs`` ``(T, C, S, S)`` float32, ``lead_time``
+    int64 minutes, ``target`` ``(H, W)`` int64 bin index (-1 where missing),
+    ``target_valid`` ``(H, W)`` bool, ``time`` int64 ns since the epoch (``t0``) and
+    ``center`` ``(2,)`` int64 (row, column). Works with ``DataLoader(num_workers > 0)``:
+    each worker reopens the archive.
     """
 
     def __init__(
@@ -643,34 +682,36 @@ class ArchiveSampler(torch.utils.data.Dataset):
         self.valid_times = self.builder.valid_times()  # (N,) datetime64[ns]
         if self.valid_times.size == 0:
             raise DatasetError(
-                f"archive {archive.store}: no valid forecast times{_period_text(period)}: each needs "
-                f"{', '.join(task.radar_variables)} at every input frame "
-                f"(t0 - {task.history_minutes} min .. t0 every {task.history_interval_minutes} min) "
-                f"and {TARGET_VARIABLE} at t0 + a lead time ({task.lead_time_step_minutes} .. "
-                f"{task.max_lead_time_minutes} min)"
+                f"archive {archive.store}: no valid forecast times{_period_text(period)}: "
+                f"each needs {', '.join(task.radar_variables)} at every input frame "
+                f"(t0 - {task.history_minutes} min .. t0 every {task.history_interval_minutes} "
+                f"min) and {TARGET_VARIABLE} at t0 + a lead time "
+                f"({task.lead_time_step_minutes} .. {task.max_lead_time_minutes} min)"
             )
         if num_examples is not None and num_examples < 1:
             raise DatasetError(f"num_examples must be positive, got {num_examples}")
         if oversample_rain and not rain_epsilon > 0:
-            raise DatasetError(f"rain_epsilon must be positive (dry tiles need a chance), got {rain_epsilon}")
+            raise DatasetError(
+                f"rain_epsilon must be positive (dry tiles need a chance), got {rain_epsilon}"
+            )
         self.num_examples = self.valid_times.size if num_examples is None else int(num_examples)
         self.seed = int(seed)
         self.oversample_rain = oversample_rain
         self.rain_epsilon = float(rain_epsilon)
-        self._rows, self._cols = self.builder.centre_lattice()
+        self._rows, self._cols = self.builder.centre_lattice()  # (Ny,), (Nx,)
 
     def __len__(self) -> int:
         return self.num_examples
 
     def draw(self, index: int) -> tuple[np.datetime64, int, int, int]:
-        """The ``(t0, lead_time, center_y, center_x)`` of item ``index``."""
+        """``(t0, lead_time, center_y, center_x)`` of item ``index``, no data read (but
+        the 4 km rain frame at ``t0`` with ``oversample_rain``)."""
         rng = np.random.default_rng([self.seed, index])
         t0 = self.valid_times[rng.integers(self.valid_times.size)]
         lead = int(rng.choice(self.builder.lead_times(t0)))
         if self.oversample_rain:
             weight = self.rain_epsilon + self.builder.rain_fraction(t0, self._rows, self._cols)  # (Ny, Nx)
-            k = rng.choice(weight.size, p=(weight / weight.sum()).ravel())
-            i, j = divmod(int(k), self._cols.size)
+            i, j = divmod(int(rng.choice(weight.size, p=(weight / weight.sum()).ravel())), self._cols.size)
         else:
             i, j = int(rng.integers(self._rows.size)), int(rng.integers(self._cols.size))
         return t0, lead, int(self._rows[i]), int(self._cols[j])
@@ -685,6 +726,6 @@ class ArchiveSampler(torch.utils.data.Dataset):
             "lead_time": torch.tensor(lead, dtype=torch.int64),
             "target": torch.from_numpy(target),
             "target_valid": torch.from_numpy(valid),
-            "time": torch.tensor(int(np.datetime64(t0, "ns").astype(np.int64)), dtype=torch.int64),
+            "time": torch.tensor(int(t0.astype("datetime64[ns]").astype(np.int64)), dtype=torch.int64),
             "center": torch.tensor([cy, cx], dtype=torch.int64),
         }

@@ -506,3 +506,46 @@ def test_archive_pickles_by_address(archive):
         clone.read("precipitation_rate", [DAY], 0, 0, 8), archive.read("precipitation_rate", [DAY], 0, 0, 8)
     )
     assert os.path.exists(archive.store + ".lock")
+
+
+_CRASHING_PREPEND = """
+import os, sys
+from metnet.archive import Archive
+archive = Archive.open(sys.argv[1], mode="r+")
+renames, real_rename = 0, os.rename
+def rename(src, dst):  # the process dies for real before its k-th rename
+    global renames
+    renames += 1
+    if renames == int(sys.argv[2]):
+        os._exit(3)
+    real_rename(src, dst)
+os.rename = rename
+archive.reserve("2019-06-09T12:00", "2019-06-09T12:00")
+"""
+
+
+@pytest.mark.parametrize("crash_at", [1, 6, 17, 30])
+def test_a_prepend_killed_midway_is_completed_by_the_next_writer(tmp_path, crash_at):
+    import subprocess
+    import sys
+
+    store = str(tmp_path / "a.zarr")
+    archive = Archive.create(store, GRID, chunk_px=CHUNK)
+    times = DAY + np.array([0, 2, 4, 30], dtype="timedelta64[m]")
+    both = rate_dataset(times)
+    both["radar_only_qpe_15m"] = both["precipitation_rate"].assign_attrs(units="mm")
+    archive.write(both)
+    # Each variable has 3 time arrays (level1, level4, availability): 1 + 4 renames each.
+    done = subprocess.run([sys.executable, "-c", _CRASHING_PREPEND, store, str(crash_at)], check=False)
+    assert done.returncode == 3
+
+    with pytest.raises(ArchiveError, match="extension of the time axis was interrupted; open the archive with mode='r\\+'"):
+        Archive.open(store).read("precipitation_rate", times, 0, 0, 8)
+    repaired = Archive.open(store, mode="r+")
+    assert repaired.times[0] == DAY - np.timedelta64(1, "D") and repaired.time_length == 2 * 720
+    for variable in ("precipitation_rate", "radar_only_qpe_15m"):
+        np.testing.assert_array_equal(repaired.available_times(variable), times)
+        got = Archive.open(store).read(variable, times, 0, 0, 64)[:, :48]  # (4, 48, 64)
+        for k, t in enumerate(times):
+            assert np.nanmax(np.abs(got[k] - rate_field(t))) <= RATE_TOL
+    assert not list(Path(store).rglob("c.old"))

@@ -15,7 +15,7 @@ from metnet.config import GridConfig
 from metnet.sources import get_source
 
 #: 64 x 64 km over central Texas, where the sample files hold heavy rain.
-TEXAS = dict(x_min_m=-264_000.0, y_max_m=832_000.0, nx=64, ny=64)
+TEXAS = {"x_min_m": -264_000.0, "y_max_m": 832_000.0, "nx": 64, "ny": 64}
 T0 = np.datetime64("2019-06-10T00:00", "ns")
 MIN = np.timedelta64(1, "m")
 

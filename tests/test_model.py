@@ -171,7 +171,7 @@ def test_convlstm_matches_reference_cell():
     h = c = torch.zeros(2, 5, 6, 6)
     for t in range(4):
         gates = F.conv2d(torch.cat([x[:, t], h], 1), weight, lstm.input_conv.bias, padding=1)
-        i, f, g, o = gates.chunk(4, 1)
+        i, f, o, g = gates.chunk(4, 1)
         c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
         h = torch.sigmoid(o) * torch.tanh(c)
     with torch.no_grad():

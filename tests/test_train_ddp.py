@@ -21,6 +21,11 @@ STEPS = 3
 #: Sums of gradients and losses run in another order over 2 ranks (and with one thread
 #: per process): agreement to float32 round-off, well inside this.
 TOLERANCE = 1e-5
+#: Adam divides by sqrt(v): a weight whose gradient is only round-off noise (sqrt(v)
+#: below this, e.g. the attention key bias, whose exact gradient is 0 because softmax
+#: ignores a shift shared by all keys) moves by up to the learning rate in a direction
+#: the round-off picks. Such weights are only checked to move less than the summed rates.
+NOISE_GRADIENT = 1e-7
 
 
 def losses(path: Path, column: str) -> list[float]:
@@ -63,4 +68,13 @@ def test_two_gloo_processes_equal_one_process(tmp_path):
     assert a.config == b.config and a.normalization == b.normalization
     for name, value in b.model.state_dict().items():  # EMA weights
         torch.testing.assert_close(a.model.state_dict()[name], value, rtol=0, atol=TOLERANCE)
-        torch.testing.assert_close(a.extra["raw_model"][name], b.extra["raw_model"][name], rtol=0, atol=TOLERANCE)
+    names = [name for name, _ in b.model.named_parameters()]
+    lr_sum = sum(losses(out / "metrics.csv", "lr"))
+    noise = 0
+    for index, state in b.extra["optimizer"]["state"].items():
+        raw_a, raw_b = a.extra["raw_model"][names[index]], b.extra["raw_model"][names[index]]
+        signal = state["exp_avg_sq"].sqrt() >= NOISE_GRADIENT
+        torch.testing.assert_close(raw_a[signal], raw_b[signal], rtol=0, atol=TOLERANCE, msg=names[index])
+        assert torch.all((raw_a - raw_b)[~signal].abs() <= 2 * lr_sum), names[index]
+        noise += int((~signal).sum())
+    assert noise < 0.01 * sum(v.numel() for v in b.model.parameters())

@@ -72,13 +72,19 @@ class LeadConditionedConv(nn.Module):
         """``conv(ones, W_lead[:, l])`` for each index: (M,) int64 -> (M, C0, S, S).
 
         Constant in the interior, smaller near the border where the kernel overhangs
-        the zero padding; computed as one conv of a single ones map with the
-        ``M * C0`` gathered kernels, far cheaper than the frame term (1 input channel).
+        the zero padding. A kernel tap ``(dy, dx)`` lands inside the image at pixel
+        ``(i, j)`` iff row ``i + dy - p`` and column ``j + dx - p`` are inside, so the
+        conv of a ones map factorises into ``sum_{dy,dx} w[dy, dx] * R[dy, i] * R[dx, j]``
+        with the 0/1 border mask ``R`` (k, S): two small matrix products instead of a
+        convolution with ``M * C0`` output channels. Returned channels-last in memory,
+        the layout the first conv's frame term has.
         """
-        out_channels, _, kh, kw = self.conv.weight.shape
+        kernel = self.conv.kernel_size[0]
+        pad = self.conv.padding[0]
         lead_weight = self.conv.weight[:, self.in_channels :]  # (C0, NL, k, k)
         kernels = lead_weight.index_select(1, lead_index)  # (C0, M, k, k)
-        kernels = kernels.transpose(0, 1).reshape(-1, 1, kh, kw)  # (M * C0, 1, k, k)
-        ones = kernels.new_ones(1, 1, size, size)  # (1, 1, S, S)
-        term = F.conv2d(ones, kernels, padding=self.conv.padding)  # (1, M * C0, S, S)
-        return term.view(len(lead_index), out_channels, size, size)  # (M, C0, S, S)
+        pos = torch.arange(size, device=kernels.device)
+        tap = torch.arange(kernel, device=kernels.device)[:, None]
+        inside = ((pos + tap - pad >= 0) & (pos + tap - pad < size)).to(kernels.dtype)  # (k, S)
+        term = torch.einsum("cmyx,yi,xj->mijc", kernels, inside, inside)  # (M, S, S, C0)
+        return term.permute(0, 3, 1, 2)  # (M, C0, S, S), channels-last strides

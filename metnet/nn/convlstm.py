@@ -19,7 +19,8 @@ class ConvLSTM(nn.Module):
         super().__init__()
         self.hidden_channels = hidden_channels
         padding = kernel_size // 2
-        # Gate order along the output channels: input, forget, cell candidate, output.
+        # Gate order along the output channels: input, forget, output, cell candidate,
+        # so one sigmoid call covers the first three.
         self.input_conv = nn.Conv2d(in_channels, 4 * hidden_channels, kernel_size, padding=padding)
         self.hidden_conv = nn.Conv2d(
             hidden_channels, 4 * hidden_channels, kernel_size, padding=padding, bias=False
@@ -32,13 +33,14 @@ class ConvLSTM(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Run the recurrence from a zero state; returns the hidden state after the last frame."""
         n, frames = x.shape[:2]
+        ch = self.hidden_channels
         gates_x = self.input_conv(x.flatten(0, 1))  # (N*T, 4*C_h, H, W)
         gates_x = gates_x.unflatten(0, (n, frames))  # (N, T, 4*C_h, H, W)
         h = c = None
         for t in range(frames):
             gates = gates_x[:, t] if h is None else gates_x[:, t] + self.hidden_conv(h)
-            i, f, g, o = gates.chunk(4, dim=1)  # 4 x (N, C_h, H, W)
-            i, g = torch.sigmoid(i), torch.tanh(g)
-            c = i * g if c is None else torch.sigmoid(f) * c + i * g  # (N, C_h, H, W)
-            h = torch.sigmoid(o) * torch.tanh(c)  # (N, C_h, H, W)
+            i, f, o = torch.sigmoid(gates[:, : 3 * ch]).chunk(3, dim=1)  # 3 x (N, C_h, H, W)
+            g = torch.tanh(gates[:, 3 * ch :])  # (N, C_h, H, W)
+            c = i * g if c is None else f * c + i * g  # (N, C_h, H, W)
+            h = o * torch.tanh(c)  # (N, C_h, H, W)
         return h
