@@ -105,8 +105,13 @@ def _ingest_one(store: str, path: str, cache: str) -> float:
     return time.perf_counter() - t
 
 
-def parallel(files: list[Path], work: Path) -> dict:
-    """Section 2: wall time of ingesting ``files`` with 1 and 2 dask worker processes."""
+def parallel(files: list[Path], work: Path, rounds: int) -> dict:
+    """Section 2: wall time of ingesting ``files`` with 1 and 2 dask worker processes.
+
+    The two configurations alternate for ``rounds`` rounds, each into a fresh archive,
+    and the fastest round of each counts: on a shared machine the minimum is the run
+    least disturbed by other load.
+    """
     from dask.distributed import Client, LocalCluster
 
     from metnet.archive import Archive
@@ -116,28 +121,40 @@ def parallel(files: list[Path], work: Path) -> dict:
     cache = str(work / "regrid")
     source = get_source("mrms")
     first, last = source.time_of(str(files[0])), source.time_of(str(files[-1]))
-    wall = {}
-    for workers in (1, 2):
-        store = str(work / f"parallel-{workers}.zarr")
-        archive = Archive.create(store, GridConfig(**TEXAS))
-        archive.write(get_source("static").read(None, archive.grid))
-        archive.reserve(first, last)  # as ingest() does: workers never grow the axis
-        with LocalCluster(
-            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
-        ) as cluster, Client(cluster) as client:
+    clusters = {
+        n: LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None)
+        for n in (1, 2)
+    }
+    wall: dict[int, list[float]] = {1: [], 2: []}
+    try:
+        clients = {n: Client(cluster) for n, cluster in clusters.items()}
+        for client in clients.values():
             client.run(lambda: __import__("metnet.sources.mrms"))  # imports outside the timing
-            t = time.perf_counter()
-            futures = client.map(_ingest_one, [store] * len(files), [str(p) for p in files], [cache] * len(files), pure=False)
-            client.gather(futures)
-            wall[workers] = time.perf_counter() - t
-        written = Archive.open(store).available_times("precipitation_rate")
-        if written.size != len(files):
-            raise RuntimeError(f"{store}: {written.size} of {len(files)} times written")
+        for r in range(rounds):
+            for n, client in clients.items():
+                store = str(work / f"parallel-{n}-{r}.zarr")
+                archive = Archive.create(store, GridConfig(**TEXAS))
+                archive.write(get_source("static").read(None, archive.grid))
+                archive.reserve(first, last)  # as ingest() does: workers never grow the axis
+                paths = [str(p) for p in files]
+                t = time.perf_counter()
+                client.gather(client.map(_ingest_one, [store] * len(paths), paths, [cache] * len(paths), pure=False))
+                wall[n].append(time.perf_counter() - t)
+                written = Archive.open(store).available_times("precipitation_rate")
+                if written.size != len(files):
+                    raise RuntimeError(f"{store}: {written.size} of {len(files)} times written")
+        for client in clients.values():
+            client.close()
+    finally:
+        for cluster in clusters.values():
+            cluster.close()
     return {
         "files": len(files),
-        "wall_s_1_worker": wall[1],
-        "wall_s_2_workers": wall[2],
-        "speedup_2_vs_1": wall[1] / wall[2],
+        "rounds": rounds,
+        "wall_s_1_worker": min(wall[1]),
+        "wall_s_2_workers": min(wall[2]),
+        "speedup_2_vs_1": min(wall[1]) / min(wall[2]),
+        "all_wall_s": {f"{n}_workers": v for n, v in wall.items()},
     }
 
 
@@ -201,6 +218,7 @@ def sampler_vs_training(work: Path, examples: int, steps: int) -> dict:
         sampler[i]
     sampler_rate = examples / (time.perf_counter() - t)
 
+    torch.set_num_threads(os.cpu_count() or 1)  # dask's workers leave OMP_NUM_THREADS=1 behind
     torch.manual_seed(0)
     model = MetNet(config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.train.learning_rate)
@@ -245,7 +263,7 @@ def table(results: dict) -> str:
             f"  ingest_file (read + write)    {f['ingest_file']:7.3f} s   "
             f"= {f['ratio_ingest_to_pysteps']:.2f} x pysteps (goal <= 1.2)"
         ),
-        f"Parallel ingest of {p['files']} files (dask, single-threaded worker processes)",
+        f"Parallel ingest of {p['files']} files (dask worker processes, best of {p['rounds']})",
         f"  1 worker                      {p['wall_s_1_worker']:7.2f} s",
         (
             f"  2 workers                     {p['wall_s_2_workers']:7.2f} s   "
@@ -279,7 +297,8 @@ def table(results: dict) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--files", type=int, default=8, help="files timed one by one")
-    parser.add_argument("--parallel-files", type=int, default=16, help="files of the 1 vs 2 worker run")
+    parser.add_argument("--parallel-files", type=int, default=12, help="files of the 1 vs 2 worker run")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of the 1 vs 2 worker run")
     parser.add_argument("--examples", type=int, default=40, help="sampler examples timed")
     parser.add_argument("--steps", type=int, default=3, help="training steps timed")
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -303,9 +322,10 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="metnet-bench-") as tmp:
         work = Path(tmp)
         results["per_file"] = per_file(files[: args.files], work)
-        results["parallel"] = parallel(files[: args.parallel_files], work)
+        results["parallel"] = parallel(files[: args.parallel_files], work, args.rounds)
         results["reads"] = reads(work)
         results["sampler"] = sampler_vs_training(work, args.examples, args.steps)
+    results["machine"]["load_average_1min_at_end"] = os.getloadavg()[0]
     print(table(results))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")

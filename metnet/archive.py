@@ -437,7 +437,8 @@ class Archive:
             )
         if differences:
             raise ArchiveError(
-                f"{store}: the existing archive has a different grid than requested:\n  "
+                f"{store}: the existing archive has a different grid or time step than "
+                "requested:\n  "
                 + "\n  ".join(differences)
             )
         return archive
@@ -454,10 +455,14 @@ class Archive:
         """The 1 km (level 1) grid."""
         return Grid(self.grid_config)
 
+    @cached_property
+    def _level_grids(self) -> dict[int, Grid]:
+        return {level: self.grid.coarsen(level) for level in LEVELS}
+
     def level_grid(self, level: int) -> Grid:
         """The grid of ``level`` (1 or 4)."""
         self._check_level(level)
-        return self.grid.coarsen(level)
+        return self._level_grids[level]
 
     @property
     def time_step(self) -> np.timedelta64:
@@ -547,7 +552,6 @@ class Archive:
             )
         self._meta = meta
         self._arrays.clear()
-        self.__dict__.pop("grid", None)
 
     def _sync(self) -> None:
         """Reload if another process changed the metadata (local stores: by the root
@@ -913,7 +917,9 @@ class Archive:
     def _flag_indices(self, variable: str) -> np.ndarray:
         """Sorted axis indices whose flag is set, from a listing of the flag objects."""
         try:
-            names = self._fs.ls(f"{self._root}/availability/{variable}/c", detail=False)
+            names = self._fs.ls(  # refresh: remote file systems cache listings
+                f"{self._root}/availability/{variable}/c", detail=False, refresh=True
+            )
         except FileNotFoundError:
             names = []
         index = np.array(

@@ -127,7 +127,9 @@ def _period_text(period: Period | None) -> str:
     return "" if period is None else f" in {_fmt(period[0])} .. {_fmt(period[1])}"
 
 
-def _available(archive: Archive, variables: tuple[str, ...], bounds: tuple[int, int] | None) -> np.ndarray:
+def _available(
+    archive: Archive, variables: tuple[str, ...], bounds: tuple[int, int] | None
+) -> np.ndarray:
     """Sorted int64 ns times at which every one of ``variables`` is available, within
     ``bounds`` when given (from the availability index, no data read)."""
     common: np.ndarray | None = None
@@ -240,7 +242,9 @@ def transform(name: str, values: np.ndarray) -> np.ndarray:
     return values
 
 
-def normalize(name: str, values: np.ndarray, normalization: dict[str, dict[str, float]]) -> np.ndarray:
+def normalize(
+    name: str, values: np.ndarray, normalization: dict[str, dict[str, float]]
+) -> np.ndarray:
     """``(transform(values) - mean) / std`` with the statistics of ``name``, float32;
     NaN stays NaN."""
     stats = normalization[name]
@@ -266,7 +270,9 @@ def check_normalization(
         try:
             mean, std = float(stats["mean"]), float(stats["std"])
         except (TypeError, ValueError):
-            raise DatasetError(f"{source}: {name!r} mean and std must be numbers, got {stats!r}") from None
+            raise DatasetError(
+                f"{source}: {name!r} mean and std must be numbers, got {stats!r}"
+            ) from None
         if not (math.isfinite(mean) and math.isfinite(std) and std > 0):
             raise DatasetError(
                 f"{source}: {name!r} needs a finite mean and a positive std, got {stats!r}"
@@ -293,7 +299,9 @@ def load_normalization(path: str | Path) -> dict[str, dict[str, float]]:
     try:
         data = json.loads(path.read_text())
     except OSError as exc:
-        raise DatasetError(f"{path}: cannot read normalisation statistics ({exc.strerror})") from exc
+        raise DatasetError(
+            f"{path}: cannot read normalisation statistics ({exc.strerror})"
+        ) from exc
     except json.JSONDecodeError as exc:
         raise DatasetError(f"{path}: not valid JSON ({exc})") from exc
     return check_normalization(data, source=str(path))
@@ -320,7 +328,9 @@ class _Moments:
 
     def stats(self, what: str) -> dict[str, float]:
         if self.count == 0:
-            raise DatasetError(f"{what} has no finite values to compute normalisation statistics from")
+            raise DatasetError(
+                f"{what} has no finite values to compute normalisation statistics from"
+            )
         mean = self.total / self.count
         std = math.sqrt(max(self.total_sq / self.count - mean * mean, 0.0))
         return {"mean": self.shift + mean, "std": std if std >= MIN_STD else 1.0}
@@ -368,7 +378,8 @@ def compute_normalization(
     ny4, nx4 = ny // COARSE_LEVEL, nx // COARSE_LEVEL
     for name in task.static_features:
         moments = _Moments()
-        moments.add(archive.read_static(name, 0, 0, max(ny4, nx4), level=COARSE_LEVEL))  # NaN-padded
+        field = archive.read_static(name, 0, 0, max(ny4, nx4), level=COARSE_LEVEL)  # NaN-padded
+        moments.add(field)
         result[name] = moments.stats(f"archive {archive.store}: static field {name}")
     return result
 
@@ -460,13 +471,15 @@ class ExampleBuilder:
         self.normalization = check_normalization(
             normalization, (*task.input_variables(), *task.static_features)
         )
-        calendar_features(np.zeros(1, "datetime64[ns]"), task.time_features)  # fail now on bad names
+        calendar_features(np.zeros(1, "datetime64[ns]"), task.time_features)  # bad names fail now
         self.period = period
         bounds = _check_period(period)
         self._channel = {name: i for i, name in enumerate(task.input_channel_names())}
         self._radar_ns = _available(archive, task.radar_variables, bounds)  # (N_radar,)
         satellite = _satellite_variables(task)
-        self._scan_ns = _available(archive, satellite, bounds) if satellite else np.empty(0, np.int64)
+        self._scan_ns = (
+            _available(archive, satellite, bounds) if satellite else np.empty(0, np.int64)
+        )  # (N_scan,)
         self._target_ns = _available(archive, (TARGET_VARIABLE,), bounds)  # (N_target,)
         offsets = np.arange(-task.history_minutes, 1, task.history_interval_minutes)
         self._offsets_ns = _minutes_ns(offsets)  # (T,) frame times relative to t0, oldest first
@@ -559,7 +572,9 @@ class ExampleBuilder:
             out[:, channel[f"{name}_cos"]] = features[:, 2 * k + 1, None, None]
         return out
 
-    def _put_family(self, out: np.ndarray, values: dict[str, np.ndarray], view: str, mask: str) -> None:
+    def _put_family(
+        self, out: np.ndarray, values: dict[str, np.ndarray], view: str, mask: str
+    ) -> None:
         """Write a family's normalised variables ``(T, S, S)`` (NaN -> 0) and its mask (1
         where every variable of the family is finite) into ``out`` ``(T, C, S, S)``."""
         valid = np.ones(out.shape[:1] + out.shape[2:], dtype=bool)  # (T, S, S)
@@ -592,7 +607,8 @@ class ExampleBuilder:
         half = self.task.target_px // 2
         first = -(-half // COARSE_LEVEL) * COARSE_LEVEL  # smallest multiple >= half
         ny, nx = self.archive.grid.shape
-        rows, cols = (np.arange(first, n - half + 1, COARSE_LEVEL, dtype=np.int64) for n in (ny, nx))
+        rows = np.arange(first, ny - half + 1, COARSE_LEVEL, dtype=np.int64)  # (Ny,)
+        cols = np.arange(first, nx - half + 1, COARSE_LEVEL, dtype=np.int64)  # (Nx,)
         if rows.size == 0 or cols.size == 0:
             raise DatasetError(
                 f"archive {self.archive.store}: the {ny} x {nx} grid has no place for a "
@@ -710,8 +726,9 @@ class ArchiveSampler(torch.utils.data.Dataset):
         t0 = self.valid_times[rng.integers(self.valid_times.size)]
         lead = int(rng.choice(self.builder.lead_times(t0)))
         if self.oversample_rain:
-            weight = self.rain_epsilon + self.builder.rain_fraction(t0, self._rows, self._cols)  # (Ny, Nx)
-            i, j = divmod(int(rng.choice(weight.size, p=(weight / weight.sum()).ravel())), self._cols.size)
+            fraction = self.builder.rain_fraction(t0, self._rows, self._cols)  # (Ny, Nx)
+            weight = (self.rain_epsilon + fraction).ravel()  # (Ny * Nx,)
+            i, j = divmod(int(rng.choice(weight.size, p=weight / weight.sum())), self._cols.size)
         else:
             i, j = int(rng.integers(self._rows.size)), int(rng.integers(self._cols.size))
         return t0, lead, int(self._rows[i]), int(self._cols[j])
@@ -726,6 +743,6 @@ class ArchiveSampler(torch.utils.data.Dataset):
             "lead_time": torch.tensor(lead, dtype=torch.int64),
             "target": torch.from_numpy(target),
             "target_valid": torch.from_numpy(valid),
-            "time": torch.tensor(int(t0.astype("datetime64[ns]").astype(np.int64)), dtype=torch.int64),
+            "time": torch.tensor(int(t0.astype(np.int64)), dtype=torch.int64),  # valid_times are ns
             "center": torch.tensor([cy, cx], dtype=torch.int64),
         }

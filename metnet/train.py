@@ -53,7 +53,7 @@ import time
 from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +65,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from metnet.archive import Archive
-from metnet.checkpoint import load_checkpoint, save_checkpoint
+from metnet.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from metnet.config import MetNetConfig
 from metnet.dataset import (
     ArchiveSampler,
@@ -153,7 +153,11 @@ def setup_distributed(device: str | None = None) -> tuple[Distributed, bool]:
     uses GPU ``LOCAL_RANK``. Returns the context and whether this call created the process
     group (and so must destroy it).
     """
-    world_size, rank, local_rank = _env_int("WORLD_SIZE", 1), _env_int("RANK", 0), _env_int("LOCAL_RANK", 0)
+    world_size, rank, local_rank = (
+        _env_int("WORLD_SIZE", 1),
+        _env_int("RANK", 0),
+        _env_int("LOCAL_RANK", 0),
+    )
     kind = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if kind not in ("cpu", "cuda"):
         raise TrainError(f"device must be 'cpu' or 'cuda', got {device!r}")
@@ -195,7 +199,8 @@ def batch_indices(step: int, batch_size: int, rank: int = 0, world_size: int = 1
     ``step * batch_size .. (step + 1) * batch_size - 1``."""
     if batch_size % world_size:
         raise TrainError(
-            f"train.batch_size ({batch_size}) must be divisible by the number of processes ({world_size})"
+            f"train.batch_size ({batch_size}) must be divisible by the number of processes "
+            f"({world_size})"
         )
     local = batch_size // world_size
     start = step * batch_size + rank * local
@@ -315,8 +320,12 @@ def resolve_periods(
         try:
             default = split_periods(archive, config.task, VALIDATION_FRACTION)
         except DatasetError as exc:
-            raise TrainError(f"cannot choose train and validation periods: {exc}; give them explicitly") from exc
-        given = {k: tuple(d if g is None else g for g, d in zip(p, default[k])) for k, p in given.items()}
+            raise TrainError(
+                f"cannot choose train and validation periods: {exc}; give them explicitly"
+            ) from exc
+        given = {
+            k: tuple(d if g is None else g for g, d in zip(p, default[k])) for k, p in given.items()
+        }
     periods: dict[str, Period] = {k: (p[0], p[1]) for k, p in given.items()}
     for key, (start, end) in periods.items():
         if start > end:
@@ -324,7 +333,8 @@ def resolve_periods(
     (ts, te), (vs, ve) = periods["train"], periods["validation"]
     if ts <= ve and vs <= te:
         raise TrainError(
-            f"train period {_iso(ts)} .. {_iso(te)} overlaps validation period {_iso(vs)} .. {_iso(ve)}"
+            f"train period {_iso(ts)} .. {_iso(te)} overlaps "
+            f"validation period {_iso(vs)} .. {_iso(ve)}"
         )
     return periods
 
@@ -336,7 +346,12 @@ def _iso(t: np.datetime64) -> str:
 def _sampler(archive, config, normalization, period, num_examples, what) -> ArchiveSampler:
     try:
         return ArchiveSampler(
-            archive, config.task, normalization, period=period, num_examples=num_examples, seed=config.train.seed
+            archive,
+            config.task,
+            normalization,
+            period=period,
+            num_examples=num_examples,
+            seed=config.train.seed,
         )
     except DatasetError as exc:
         raise TrainError(f"{what} period {_iso(period[0])} .. {_iso(period[1])}: {exc}") from exc
@@ -353,31 +368,21 @@ def checkpoint_path(out_dir: str | Path, step: int) -> Path:
 def latest_checkpoint(out_dir: str | Path) -> Path | None:
     """The checkpoint of the highest step in ``out_dir``, or None (temporary files ignored)."""
     folder = Path(out_dir) / CHECKPOINT_DIR
-    found = [(int(m.group(1)), p) for p in folder.glob("step_*.pt") if (m := _CHECKPOINT_RE.match(p.name))]
+    found = [
+        (int(m.group(1)), p)
+        for p in folder.glob("step_*.pt")
+        if (m := _CHECKPOINT_RE.match(p.name))
+    ]
     return max(found)[1] if found else None
-
-
-def _save(
-    path: Path,
-    model: nn.Module,
-    ema: EMA | None,
-    config: MetNetConfig,
-    normalization: dict[str, dict[str, float]],
-    extra: dict[str, Any],
-) -> None:
-    """Checkpoint with the EMA weights as the model when ``ema`` is given (and the raw
-    weights in ``extra["raw_model"]``). ``save_checkpoint`` writes a temporary file and
-    renames it, so a kill mid-write leaves no broken file under ``path``."""
-    raw = {k: v.detach().clone() for k, v in model.state_dict().items()} if ema else None
-    with ema.applied(model) if ema else nullcontext():
-        save_checkpoint(path, model, config, normalization, {**extra, "raw_model": raw})
 
 
 def _config_diff(saved: MetNetConfig, given: MetNetConfig) -> list[str]:
     return [
         line
         for name in ("grid", "task", "model", "train")
-        for line in _dataclass_diff(name, getattr(saved, name), getattr(given, name), "checkpoint", "config")
+        for line in _dataclass_diff(
+            name, getattr(saved, name), getattr(given, name), "checkpoint", "config"
+        )
     ]
 
 
@@ -400,22 +405,24 @@ class _Metrics:
             writer.writeheader()
             writer.writerows(kept)
         os.replace(tmp, self.path)
-        self._file = open(self.path, "a", newline="")
-        self._writer = csv.DictWriter(self._file, fieldnames=METRIC_COLUMNS)
-        self._tb = SummaryWriter(str(out_dir / "tensorboard")) if SummaryWriter is not None else None
-
-    def write(self, step: int, lr: float, train_loss: float, val_loss: float | None, speed: float) -> None:
-        self._writer.writerow(
-            {
-                "step": step,
-                "lr": f"{lr:.9g}",
-                "train_loss": f"{train_loss:.9g}",
-                "val_loss": "" if val_loss is None else f"{val_loss:.9g}",
-                "examples_per_s": f"{speed:.4g}",
-                "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            }
+        self._tb = (
+            SummaryWriter(str(out_dir / "tensorboard")) if SummaryWriter is not None else None
         )
-        self._file.flush()
+
+    def write(
+        self, step: int, lr: float, train_loss: float, val_loss: float | None, speed: float
+    ) -> None:
+        row = {
+            "step": step,
+            "lr": f"{lr:.9g}",
+            "train_loss": f"{train_loss:.9g}",
+            "val_loss": "" if val_loss is None else f"{val_loss:.9g}",
+            "examples_per_s": f"{speed:.4g}",
+            "time": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        # Opened per row: a killed run loses at most the row being written.
+        with open(self.path, "a", newline="") as f:
+            csv.DictWriter(f, fieldnames=METRIC_COLUMNS).writerow(row)
         if self._tb is not None:
             self._tb.add_scalar("loss/train", train_loss, step)
             self._tb.add_scalar("lr", lr, step)
@@ -424,13 +431,18 @@ class _Metrics:
                 self._tb.add_scalar("loss/validation", val_loss, step)
 
     def close(self) -> None:
-        self._file.close()
         if self._tb is not None:
             self._tb.close()
 
 
 def _progress(enabled: bool, total: int, completed: int):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
 
     bar = Progress(
         TextColumn("[bold]train"),
@@ -461,18 +473,146 @@ def _validate(
     ``0 .. len(val) - 1``, split across ranks), with the EMA weights when enabled."""
     local = np.array_split(np.arange(len(val)), ctx.world_size)[ctx.rank]
     size = max(1, config.train.batch_size // ctx.world_size)
-    batches = [chunk.tolist() for chunk in np.array_split(local, max(1, -(-local.size // size))) if chunk.size]
+    batches = [
+        chunk.tolist()
+        for chunk in np.array_split(local, max(1, -(-local.size // size)))
+        if chunk.size
+    ]
     loader = torch.utils.data.DataLoader(val, batch_sampler=batches, num_workers=workers)
     totals = torch.zeros(2, dtype=torch.float64, device=ctx.device)  # (loss sum, valid pixels)
     was_training = model.training
     model.eval()
     with ema.applied(model) if ema else nullcontext():
         for batch in loader:
-            total, count = _forward_loss(model, _to(batch, ctx.device), config.train.precision, ctx.device)
+            total, count = _forward_loss(
+                model, _to(batch, ctx.device), config.train.precision, ctx.device
+            )
             totals += torch.stack([total.double(), count.double()])
     model.train(was_training)
     totals = _all_reduce_sum(totals, ctx)
     return float(totals[0] / totals[1].clamp(min=1))
+
+
+# ----------------------------------------------------------------------------- state
+
+
+class _TrainState:
+    """Model, AdamW, learning-rate schedule and EMA of one run: what a step changes and
+    what a checkpoint saves and restores."""
+
+    def __init__(self, config: MetNetConfig, total_steps: int, device: torch.device):
+        tc = config.train
+        self.config, self.total_steps = config, total_steps
+        self.model = MetNet(config).to(device)  # initial weights from the seed: equal on all ranks
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=tc.learning_rate, weight_decay=tc.weight_decay
+        )
+        self.scheduler = make_scheduler(self.optimizer, tc, total_steps)
+        self.ema = EMA(self.model, tc.ema_decay) if tc.ema_decay > 0 else None
+        self.step = 0
+
+    @property
+    def lr(self) -> float:
+        """Learning rate of the next optimiser step."""
+        return self.optimizer.param_groups[0]["lr"]
+
+    def update(self, loss: torch.Tensor) -> None:
+        """Backward ``loss``, clip the global gradient norm, step AdamW, schedule and EMA."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.config.train.grad_clip_norm > 0:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.config.train.grad_clip_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update(self.model)
+        self.step += 1
+
+    def save(self, path: Path, normalization: dict, data: dict[str, Any]) -> None:
+        """Checkpoint: the EMA weights as the model when EMA is on (raw weights in
+        ``extra["raw_model"]``). ``save_checkpoint`` writes a temporary file and renames
+        it, so a kill mid-write leaves no broken file under ``path``."""
+        model, ema = self.model, self.ema
+        raw = {k: v.detach().clone() for k, v in model.state_dict().items()} if ema else None
+        extra = {
+            "step": self.step,
+            "total_steps": self.total_steps,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "raw_model": raw,
+            "data": data,
+        }
+        with ema.applied(model) if ema else nullcontext():
+            save_checkpoint(path, model, self.config, normalization, extra)
+
+    def restore(self, checkpoint: Checkpoint, path: Path) -> None:
+        """Continue from a checkpoint written by :meth:`save`."""
+        extra = checkpoint.extra
+        if self.ema is not None:
+            self.ema.load_state_dict(checkpoint.model.state_dict())
+            self.model.load_state_dict(extra["raw_model"])
+        else:
+            self.model.load_state_dict(checkpoint.model.state_dict())
+        self.optimizer.load_state_dict(extra["optimizer"])
+        self.scheduler.load_state_dict(extra["scheduler"])
+        self.step = int(extra["step"])
+        if int(extra["total_steps"]) != self.total_steps:
+            log.warning(
+                "%s was saved by a %d-step run, continued as a %d-step run: "
+                "the learning-rate schedule changes",
+                path, extra["total_steps"], self.total_steps,
+            )  # fmt: skip
+        log.info("resumed from %s at step %d", path, self.step)
+
+
+def _resume_checkpoint(
+    out_dir: Path, resume: bool, config: MetNetConfig, data: dict[str, Any], ctx: Distributed
+) -> tuple[Checkpoint, Path] | None:
+    """The checkpoint to continue from (None: start afresh), checked against this run."""
+    previous = latest_checkpoint(out_dir)
+    if previous is None:
+        if resume:
+            log.info("no checkpoint in %s: starting afresh", out_dir)
+        return None
+    if not resume:
+        raise TrainError(
+            f"{out_dir} already holds checkpoints (latest {previous.name}); "
+            "pass --resume to continue that run or choose another output folder"
+        )
+    checkpoint = load_checkpoint(previous, map_location=ctx.device)
+    diff = _config_diff(checkpoint.config, config)
+    if diff:
+        raise TrainError(
+            f"cannot resume from {previous}: the config differs:\n  " + "\n  ".join(diff)
+        )
+    saved = checkpoint.extra["data"]["periods"]
+    if saved != data["periods"]:
+        raise TrainError(
+            f"cannot resume from {previous}: it trained on periods {saved}, this run would "
+            f"use {data['periods']}; give its periods with --train-start/--train-end/"
+            "--val-start/--val-end"
+        )
+    return checkpoint, previous
+
+
+def _shared_normalization(
+    archive: Archive, config: MetNetConfig, period: Period, max_times: int, ctx: Distributed
+) -> dict[str, dict[str, float]]:
+    """Statistics of the training period, computed by rank 0 and sent to every rank
+    (with the error, if any, so no rank waits forever)."""
+    outcome: tuple[str, Any] = ("", None)
+    if ctx.is_main:
+        try:
+            stats = compute_normalization(
+                archive, config.task, max_times=max_times, seed=config.train.seed, period=period
+            )
+            outcome = ("ok", stats)
+        except DatasetError as exc:
+            outcome = ("error", f"training period: {exc}")
+    status, value = _broadcast(outcome, ctx)
+    if status == "error":
+        raise TrainError(value)
+    return value
 
 
 # ----------------------------------------------------------------------------- training
@@ -501,183 +641,149 @@ def train(
     ``archive_path``: the zarr store (:class:`metnet.archive.Archive`). ``out_dir``: where
     checkpoints and metrics go; it must hold no checkpoint unless ``resume`` is set.
     ``resume``: continue from the latest checkpoint in ``out_dir`` (start afresh when there
-    is none); the config must equal the checkpoint's. ``checkpoint_every`` /
-    ``val_every``: period in steps (0 = only at the end / never before the end).
-    ``val_examples``: size of the fixed validation set. ``train_period`` /
-    ``val_period``: inclusive ``(start, end)`` times (str or datetime64), None bounds
-    from :func:`resolve_periods`. ``workers``: DataLoader worker processes.
-    ``device``: ``"cpu"``, ``"cuda"`` or None (auto). ``normalization_times``: times
+    is none); the config and periods must equal the checkpoint's. ``checkpoint_every`` /
+    ``val_every``: period in steps (0: only after the last step). ``val_examples``: size
+    of the fixed validation set. ``train_period`` / ``val_period``: inclusive
+    ``(start, end)`` times (str or datetime64); None bounds come from
+    :func:`resolve_periods`. ``workers``: DataLoader worker processes. ``device``:
+    ``"cpu"``, ``"cuda"`` or None (CUDA when available). ``normalization_times``: times
     sampled per variable for the statistics. Under ``torchrun`` every rank calls this
-    with the same arguments. Raises :class:`TrainError` for user errors.
+    with the same arguments. Raises :class:`TrainError` (or the archive's, dataset's or
+    checkpoint's ``ValueError`` subclass) for user errors.
     """
     if steps < 1:
         raise TrainError(f"steps must be positive, got {steps}")
-    for name, value in (("checkpoint_every", checkpoint_every), ("val_every", val_every), ("workers", workers)):
+    for name, value in (("checkpoint_every", checkpoint_every), ("val_every", val_every)):
         if value < 0:
             raise TrainError(f"{name} must not be negative, got {value}")
+    if workers < 0:
+        raise TrainError(f"workers must not be negative, got {workers}")
     if val_examples < 1:
         raise TrainError(f"val_examples must be positive, got {val_examples}")
+    out_dir = Path(out_dir)
+    tc = config.train
     ctx, owns_group = setup_distributed(device)
     try:
-        return _train(
-            config, str(archive_path), Path(out_dir), steps, ctx,
-            resume=resume, checkpoint_every=checkpoint_every, val_every=val_every,
-            val_examples=val_examples, train_period=train_period, val_period=val_period,
-            workers=workers, normalization_times=normalization_times,
-            storage_options=storage_options, progress=progress,
+        batch_indices(0, tc.batch_size, ctx.rank, ctx.world_size)  # an indivisible batch fails now
+        archive = Archive.open(str(archive_path), storage_options=storage_options)
+        check_archive_matches(archive, config, str(archive_path))
+        periods = resolve_periods(archive, config, train_period, val_period)
+        data = {
+            "seed": tc.seed,
+            "periods": {k: [_iso(p[0]), _iso(p[1])] for k, p in periods.items()},
+            "val_examples": val_examples,
+        }
+        found = _resume_checkpoint(out_dir, resume, config, data, ctx)
+        if found is not None:
+            normalization = found[0].normalization
+        else:
+            normalization = _shared_normalization(
+                archive, config, periods["train"], normalization_times, ctx
+            )
+        train_set = _sampler(
+            archive, config, normalization, periods["train"], steps * tc.batch_size, "training"
+        )
+        val_set = _sampler(
+            archive, config, normalization, periods["validation"], val_examples, "validation"
+        )
+        state = _TrainState(config, steps, ctx.device)
+        if found is not None:
+            state.restore(*found)
+        start = state.step
+
+        def save() -> Path:
+            path = checkpoint_path(out_dir, state.step)
+            if ctx.is_main:
+                state.save(path, normalization, data)
+            return path
+
+        def validate() -> float:
+            return _validate(state.model, state.ema, val_set, config, ctx, workers)
+
+        losses, val_losses, last = _run_steps(
+            state, train_set, steps, ctx, out_dir, save, validate,
+            checkpoint_every=checkpoint_every, val_every=val_every, workers=workers,
+            progress=progress,
         )  # fmt: skip
+        if ctx.world_size > 1:
+            dist.barrier()  # the final checkpoint exists before any rank returns
     finally:
         if owns_group:
             dist.destroy_process_group()
-
-
-def _train(config, store, out_dir, steps, ctx, *, resume, checkpoint_every, val_every, val_examples,
-           train_period, val_period, workers, normalization_times, storage_options, progress):  # fmt: skip
-    tc = config.train
-    batch_indices(0, tc.batch_size, ctx.rank, ctx.world_size)  # fail early on an indivisible batch
-    archive = Archive.open(store, storage_options=storage_options)
-    check_archive_matches(archive, config, store)
-    periods = resolve_periods(archive, config, train_period, val_period)
-
-    previous = latest_checkpoint(out_dir)
-    if previous is not None and not resume:
-        raise TrainError(
-            f"{out_dir} already holds checkpoints (latest {previous.name}); "
-            "pass --resume to continue that run or choose another output folder"
-        )
-    checkpoint = None
-    if resume and previous is not None:
-        checkpoint = load_checkpoint(previous, map_location=ctx.device)
-        diff = _config_diff(checkpoint.config, config)
-        if diff:
-            raise TrainError(f"cannot resume from {previous}: the config differs:\n  " + "\n  ".join(diff))
-        saved = checkpoint.extra["data"]
-        now = {k: [_iso(p[0]), _iso(p[1])] for k, p in periods.items()}
-        if saved["periods"] != now:
-            raise TrainError(f"cannot resume from {previous}: its periods {saved['periods']} differ from {now}")
-    elif resume:
-        log.info("no checkpoint in %s: starting afresh", out_dir)
-
-    if checkpoint is not None:
-        normalization = checkpoint.normalization
-    else:
-        # Rank 0 computes, every rank gets the result or the error (none waits forever).
-        outcome: tuple[str, Any] = ("", None)
-        if ctx.is_main:
-            try:
-                outcome = ("ok", compute_normalization(
-                    archive, config.task, max_times=normalization_times, seed=tc.seed, period=periods["train"]
-                ))  # fmt: skip
-            except DatasetError as exc:
-                outcome = ("error", f"training period: {exc}")
-        status, normalization = _broadcast(outcome, ctx)
-        if status == "error":
-            raise TrainError(normalization)
-    train_set = _sampler(archive, config, normalization, periods["train"], steps * tc.batch_size, "training")
-    val_set = _sampler(archive, config, normalization, periods["validation"], val_examples, "validation")
-
-    model = MetNet(config).to(ctx.device)  # initial weights from config.train.seed: equal on every rank
-    optimizer = torch.optim.AdamW(model.parameters(), lr=tc.learning_rate, weight_decay=tc.weight_decay)
-    scheduler = make_scheduler(optimizer, tc, steps)
-    ema = EMA(model, tc.ema_decay) if tc.ema_decay > 0 else None
-    start = 0
-    if checkpoint is not None:
-        extra = checkpoint.extra
-        if ema is not None:
-            ema.load_state_dict(checkpoint.model.state_dict())
-            model.load_state_dict(extra["raw_model"])
-        else:
-            model.load_state_dict(checkpoint.model.state_dict())
-        optimizer.load_state_dict(extra["optimizer"])
-        scheduler.load_state_dict(extra["scheduler"])
-        start = int(extra["step"])
-        if int(extra["total_steps"]) != steps:
-            log.warning(
-                "resuming a %d-step run as a %d-step run: the learning-rate schedule changes",
-                extra["total_steps"], steps,
-            )  # fmt: skip
-        log.info("resumed from %s at step %d", previous, start)
-    ddp = DistributedDataParallel(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None) if ctx.world_size > 1 else model
-
-    def save(step: int) -> Path:
-        path = checkpoint_path(out_dir, step)
-        extra = {
-            "step": step,
-            "total_steps": steps,
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "data": {
-                "seed": tc.seed,
-                "periods": {k: [_iso(p[0]), _iso(p[1])] for k, p in periods.items()},
-                "val_examples": val_examples,
-            },
-        }
-        if ctx.is_main:
-            _save(path, model, ema, config, normalization, extra)
-        return path
-
-    last_path = previous if checkpoint is not None else None
-    train_losses: list[float] = []
-    val_losses: dict[int, float] = {}
-    if ctx.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    metrics = _Metrics(out_dir, start) if ctx.is_main else None
-    loader = torch.utils.data.DataLoader(
-        train_set,
-        batch_sampler=_StepBatches(start, steps, tc.batch_size, ctx),
-        num_workers=workers,
-        pin_memory=ctx.device.type == "cuda",
-    )
-    bar, bar_task = _progress(progress and ctx.is_main, steps, start)
-    model.train()
-    try:
-        with bar:
-            tick = time.perf_counter()
-            for step, batch in enumerate(loader, start=start):
-                torch.manual_seed(_step_seed(tc.seed, step, ctx.rank))
-                batch = _to(batch, ctx.device)
-                lr = optimizer.param_groups[0]["lr"]
-                count = _all_reduce_sum(batch["target_valid"].sum().double(), ctx)  # valid pixels, global batch
-                total, _ = _forward_loss(ddp, batch, tc.precision, ctx.device)
-                # DDP averages gradients over ranks; scaling by world_size makes it the
-                # gradient of the global mean over valid pixels.
-                loss = total / count.clamp(min=1).to(total.dtype) * ctx.world_size
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if tc.grad_clip_norm > 0:
-                    nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip_norm)
-                optimizer.step()
-                scheduler.step()
-                if ema is not None:
-                    ema.update(model)
-                done = step + 1
-                train_loss = float(_all_reduce_sum(total.detach().double(), ctx) / count.clamp(min=1))
-                train_losses.append(train_loss)
-                now = time.perf_counter()
-                speed = tc.batch_size / max(now - tick, 1e-9)
-                tick = now
-                val_loss = None
-                if done == steps or (val_every and done % val_every == 0):
-                    val_loss = _validate(model, ema, val_set, config, ctx, workers)
-                    val_losses[done] = val_loss
-                if done == steps or (checkpoint_every and done % checkpoint_every == 0):
-                    last_path = save(done)
-                if metrics is not None:
-                    metrics.write(done, lr, train_loss, val_loss, speed)
-                bar.update(bar_task, completed=done, loss=f"{train_loss:.4f}", speed=f"{speed:.1f}")
-                tick = time.perf_counter()  # validation and saving do not count against speed
-    finally:
-        if metrics is not None:
-            metrics.close()
-    if ctx.world_size > 1:
-        dist.barrier()  # the final checkpoint exists before any rank returns
-    if last_path is None:  # resumed at or past the requested steps: nothing to train
-        last_path = previous
     return TrainResult(
-        checkpoint=last_path,
+        checkpoint=last if last is not None else found[1],  # None: resumed at the last step
         step=max(start, steps),
-        train_losses=tuple(train_losses),
+        train_losses=tuple(losses),
         val_losses=val_losses,
         metrics_csv=out_dir / "metrics.csv",
         normalization=normalization,
     )
+
+
+def _run_steps(
+    state: _TrainState,
+    train_set: ArchiveSampler,
+    steps: int,
+    ctx: Distributed,
+    out_dir: Path,
+    save,
+    validate,
+    *,
+    checkpoint_every: int,
+    val_every: int,
+    workers: int,
+    progress: bool,
+) -> tuple[list[float], dict[int, float], Path | None]:
+    """Steps ``state.step + 1 .. steps``: train losses, validation losses by step and the
+    last checkpoint written (None if no step ran)."""
+    tc = state.config.train
+    model = state.model
+    ddp = model
+    if ctx.world_size > 1:
+        ddp = DistributedDataParallel(
+            model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None
+        )
+    loader = torch.utils.data.DataLoader(
+        train_set,
+        batch_sampler=_StepBatches(state.step, steps, tc.batch_size, ctx),
+        num_workers=workers,
+        pin_memory=ctx.device.type == "cuda",
+    )
+    if ctx.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    metrics = _Metrics(out_dir, state.step) if ctx.is_main else None
+    bar, bar_task = _progress(progress and ctx.is_main, steps, state.step)
+    losses: list[float] = []
+    val_losses: dict[int, float] = {}
+    last: Path | None = None
+    model.train()
+    try:
+        with bar:
+            tick = time.perf_counter()
+            for batch in loader:
+                torch.manual_seed(_step_seed(tc.seed, state.step, ctx.rank))
+                batch = _to(batch, ctx.device)
+                lr = state.lr
+                # Valid pixels of the global batch, known before the forward pass.
+                count = _all_reduce_sum(batch["target_valid"].sum().double(), ctx).clamp(min=1)
+                total, _ = _forward_loss(ddp, batch, tc.precision, ctx.device)
+                # DDP averages gradients over ranks; the factor world_size makes the result
+                # the gradient of the mean over the valid pixels of the global batch.
+                state.update(total / count.to(total.dtype) * ctx.world_size)
+                loss = float(_all_reduce_sum(total.detach().double(), ctx) / count)
+                losses.append(loss)
+                speed = tc.batch_size / max(time.perf_counter() - tick, 1e-9)
+                done = state.step
+                val_loss = None
+                if done == steps or (val_every and done % val_every == 0):
+                    val_loss = val_losses[done] = validate()
+                if done == steps or (checkpoint_every and done % checkpoint_every == 0):
+                    last = save()
+                if metrics is not None:
+                    metrics.write(done, lr, loss, val_loss, speed)
+                bar.update(bar_task, completed=done, loss=f"{loss:.4f}", speed=f"{speed:.1f}")
+                tick = time.perf_counter()  # validation and saving do not count against speed
+    finally:
+        if metrics is not None:
+            metrics.close()
+    return losses, val_losses, last

@@ -37,7 +37,8 @@ def write_dem(path: Path, grid: Grid) -> Path:
     lat, lon = grid.lat_lon()
     lats = np.arange(lat.min() - 0.5, lat.max() + 0.5, 0.05)  # (ny_dem,)
     lons = np.arange(lon.min() - 0.5, lon.max() + 0.5, 0.05)  # (nx_dem,)
-    elevation = 800.0 + 600.0 * np.sin(lons[None, :] / 2.0) * np.cos(lats[:, None] / 3.0)  # (ny_dem, nx_dem)
+    hills = np.sin(lons[None, :] / 2.0) * np.cos(lats[:, None] / 3.0)  # (ny_dem, nx_dem)
+    elevation = 800.0 + 600.0 * hills
     xr.Dataset(
         {"elevation": (("lat", "lon"), elevation.astype(np.float32), {"units": "m"})},
         coords={"lat": lats, "lon": lons},

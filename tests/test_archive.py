@@ -125,7 +125,7 @@ def test_round_trip_within_quantisation(archive):
         assert np.nanmax(np.abs(got[k, :48] - expected)) <= RATE_TOL
         assert np.isnan(got[k, 48:]).all()  # below the grid's last row
     # The store is a CF dataset xarray decodes by itself to the same values.
-    ds = xr.open_zarr(archive.store, group="level1")
+    ds = archive.to_xarray(level=1)
     assert ds["precipitation_rate"].attrs["units"] == "mm/h"
     np.testing.assert_allclose(
         ds["precipitation_rate"].sel(time=times[1]).values, got[1, :48], atol=1e-5, equal_nan=True

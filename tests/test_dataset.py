@@ -40,7 +40,10 @@ RADAR_TIMES = [T0 + 2 * k * MIN for k in range(40) if k != 10]  # 00:20 missing
 SATELLITE_TIMES = [T0 + m * MIN for m in (0, 30, 40, 50, 60, 70)]
 #: Largest difference between a value pooled from the stored 1 km values and the stored
 #: 4 km value (each quantised on its own): one quantisation step.
-POOL_ATOL = {"precipitation_rate": RATE.scale_factor, "abi_c13": BRIGHTNESS_TEMPERATURE.scale_factor}
+POOL_ATOL = {
+    "precipitation_rate": RATE.scale_factor,
+    "abi_c13": BRIGHTNESS_TEMPERATURE.scale_factor,
+}
 
 
 def at(minutes: int) -> np.datetime64:
@@ -99,7 +102,9 @@ def test_small_preset_example(tmp_path):
     # Exactly what one forecast at 01:00 needs: 7 radar frames 00:00 .. 01:00, one target.
     times = [at(m) for m in range(0, 61, 10)] + [at(62)]
     archive = make_archive(tmp_path, "small", times, satellite_times=[t0])
-    sampler = ArchiveSampler(archive, task, compute_normalization(archive, task, max_times=2), num_examples=2)
+    sampler = ArchiveSampler(
+        archive, task, compute_normalization(archive, task, max_times=2), num_examples=2
+    )
     np.testing.assert_array_equal(sampler.valid_times, [t0])
     item = sampler[0]
     channels = task.input_channel_names()
@@ -118,21 +123,33 @@ def test_small_preset_example(tmp_path):
 # ----------------------------------------------------------------------------- channels
 
 
-def test_each_channel_holds_its_named_field(tmp_path):
-    """Constant fields with distinct values: every channel must hold its own value."""
-    config = preset("tiny")
-    grid = Grid(config.grid)
-    archive = Archive.create(str(tmp_path / "const.zarr"), config.grid)
+def constant_archive(path, grid_config, abi_c13: float = 250.0) -> Archive:
+    """Radar 3 mm/h everywhere at 00:00, 00:10, 00:12; ``abi_c13`` at 00:10; lat/lon."""
+    grid = Grid(grid_config)
+    archive = Archive.create(str(path), grid_config)
     ones = np.ones((1, *grid.shape), np.float32)  # (1, ny, nx)
     for t in (at(0), at(10), at(12)):
-        archive.write(grid.dataset({"precipitation_rate": (("time", "y", "x"), 3.0 * ones, {"units": "mm/h"})}, time=[t]))
-    archive.write(grid.dataset({"abi_c13": (("time", "y", "x"), 250.0 * ones, {"units": "K"})}, time=[at(10)]))
+        rate = {"precipitation_rate": (("time", "y", "x"), 3.0 * ones, {"units": "mm/h"})}
+        archive.write(grid.dataset(rate, time=[t]))
+    band = {"abi_c13": (("time", "y", "x"), abi_c13 * ones, {"units": "K"})}
+    archive.write(grid.dataset(band, time=[at(10)]))
     archive.write(StaticSource().read(None, grid))
+    return archive
+
+
+def test_each_channel_holds_its_named_field(tmp_path):
+    """Constant fields with distinct values: every channel must hold its own value."""
+    grid = Grid(preset("tiny").grid)
+    archive = constant_archive(tmp_path / "const.zarr", grid.config)
     norm = compute_normalization(archive, TASK)
     # A constant field gets std 1 (normalises to 0 rather than dividing by zero).
     assert norm["precipitation_rate"] == pytest.approx({"mean": np.log1p(3.0), "std": 1.0})
     assert norm["abi_c13"] == pytest.approx({"mean": 250.0, "std": 1.0})
-    norm = {**norm, "precipitation_rate": {"mean": 0.5, "std": 2.0}, "abi_c13": {"mean": 200.0, "std": 10.0}}
+    norm = {
+        **norm,
+        "precipitation_rate": {"mean": 0.5, "std": 2.0},
+        "abi_c13": {"mean": 200.0, "std": 10.0},
+    }
 
     sampler = ArchiveSampler(archive, TASK, norm)
     np.testing.assert_array_equal(sampler.valid_times, [at(10)])
@@ -158,10 +175,14 @@ def test_each_channel_holds_its_named_field(tmp_path):
         np.testing.assert_allclose(x[:, k].std(axis=(1, 2)), 0.0, atol=1e-5, err_msg=name)
     s = norm["latitude"]
     centre = lat[cy - 8 : cy + 8, cx - 8 : cx + 8]
-    np.testing.assert_allclose(x[1, channel("latitude@center")], (centre - s["mean"]) / s["std"], atol=1e-4)
+    np.testing.assert_allclose(
+        x[1, channel("latitude@center")], (centre - s["mean"]) / s["std"], atol=1e-4
+    )
     s = norm["longitude"]
     context = nanmean_pool(lon[cy - 32 : cy + 32, cx - 32 : cx + 32].astype(np.float32), 4)
-    np.testing.assert_allclose(x[0, channel("longitude@context")], (context - s["mean"]) / s["std"], atol=1e-4)
+    np.testing.assert_allclose(
+        x[0, channel("longitude@context")], (context - s["mean"]) / s["std"], atol=1e-4
+    )
 
 
 def test_center_view_is_the_archive_window(archive, norm):
@@ -176,7 +197,9 @@ def test_center_view_is_the_archive_window(archive, norm):
     assert (x[:, channel("radar_valid@center")] == 1).all()
     assert (x[:, channel("satellite_valid@center")] == 1).all()
     lat = archive.read_static("latitude", cy - 8, cx - 8, 16)
-    np.testing.assert_allclose(denormalize("latitude", x[0, channel("latitude@center")], norm), lat, atol=1e-4)
+    np.testing.assert_allclose(
+        denormalize("latitude", x[0, channel("latitude@center")], norm), lat, atol=1e-4
+    )
 
 
 @pytest.mark.parametrize(
@@ -202,7 +225,9 @@ def test_context_view_is_the_pooled_window(archive, norm, context_km, center, ro
         inside = np.isfinite(expected)
         valid &= inside
         got = x[:, channels.index(f"{name}@context")]
-        np.testing.assert_allclose(denormalize(name, got, norm)[inside], expected[inside], atol=POOL_ATOL[name] * 1.01)
+        np.testing.assert_allclose(
+            denormalize(name, got, norm)[inside], expected[inside], atol=POOL_ATOL[name] * 1.01
+        )
         assert (got[~inside] == 0).all()  # outside the grid: zero, flagged by the mask
     for mask in ("radar_valid@context", "satellite_valid@context"):
         np.testing.assert_array_equal(x[:, channels.index(mask)], valid)
@@ -220,7 +245,9 @@ def test_missing_frames_are_masked_and_zero(archive, norm):
     for view in ("context", "center"):
         mask = x[:, channel(f"satellite_valid@{view}")]
         assert (mask[0] == 1).all() and (mask[1] == 0).all()
-        assert (x[1, channel(f"abi_c13@{view}")] == 0).all() and x[0, channel(f"abi_c13@{view}")].std() > 0
+        assert (x[1, channel(f"abi_c13@{view}")] == 0).all() and x[
+            0, channel(f"abi_c13@{view}")
+        ].std() > 0
     # 00:30 needs the missing radar frame 00:20: not a valid time, but forecasting may
     # still build its inputs, with that frame masked.
     assert at(30) not in builder.valid_times()
@@ -335,7 +362,11 @@ def test_oversampling_rain_draws_wetter_targets(archive, norm):
         return float(np.mean(fractions))
 
     uniform = mean_rain_fraction(ArchiveSampler(archive, TASK, norm, num_examples=200))
-    wet = mean_rain_fraction(ArchiveSampler(archive, TASK, norm, num_examples=200, oversample_rain=True, rain_epsilon=0.05))
+    wet = mean_rain_fraction(
+        ArchiveSampler(
+            archive, TASK, norm, num_examples=200, oversample_rain=True, rain_epsilon=0.05
+        )
+    )
     assert 0.05 < uniform < 0.4  # about the synthetic 20 % rain cover
     assert wet > 2 * uniform
 
@@ -359,7 +390,11 @@ def test_normalization_equals_full_archive_statistics(archive, norm):
     assert 30.0 < norm["latitude"]["mean"] < 45.0 and norm["latitude"]["std"] > 0.1
 
     first = compute_normalization(archive, TASK, period=(at(0), at(10)))  # 00:00 .. 00:10 only
-    values = np.log1p(archive.read("precipitation_rate", [at(m) for m in range(0, 11, 2)], 0, 0, 128).astype(np.float64))
+    values = np.log1p(
+        archive.read("precipitation_rate", [at(m) for m in range(0, 11, 2)], 0, 0, 128).astype(
+            np.float64
+        )
+    )
     assert first["precipitation_rate"]["mean"] == pytest.approx(values.mean(), rel=1e-9)
 
 
@@ -376,7 +411,10 @@ def test_normalization_round_trips_through_json(tmp_path, norm):
         (None, "cannot read normalisation statistics"),
         ("{not json", "not valid JSON"),
         ('{"abi_c13": {"mean": 1.0}}', "'abi_c13' must have exactly the keys 'mean' and 'std'"),
-        ('{"abi_c13": {"mean": 1.0, "std": 0.0}}', "'abi_c13' needs a finite mean and a positive std"),
+        (
+            '{"abi_c13": {"mean": 1.0, "std": 0.0}}',
+            "'abi_c13' needs a finite mean and a positive std",
+        ),
         ('{"abi_c13": {"mean": "x", "std": 1.0}}', "'abi_c13' mean and std must be numbers"),
         ("[1, 2]", "must map names to"),
     ],
@@ -385,7 +423,9 @@ def test_bad_normalization_files_are_named(tmp_path, content, message):
     path = tmp_path / "norm.json"
     if content is not None:
         path.write_text(content)
-    with pytest.raises(DatasetError, match=f"{path}: .*{message}" if content is None else f"{path}: {message}"):
+    with pytest.raises(
+        DatasetError, match=f"{path}: .*{message}" if content is None else f"{path}: {message}"
+    ):
         load_normalization(path)
 
 
@@ -399,8 +439,18 @@ def test_calendar_features_golden_values():
     phase = np.array([(160 + 0.25) / 365, (365 + 0.75) / 366])  # 10 June 2019; 2020 is leap
     np.testing.assert_allclose(f[:, 2], np.sin(2 * np.pi * phase), atol=1e-6)
     np.testing.assert_allclose(f[:, 3], np.cos(2 * np.pi * phase), atol=1e-6)
-    np.testing.assert_allclose(f[:, 4:6], [[np.sin(np.pi * 5 / 6), np.cos(np.pi * 5 / 6)], [np.sin(np.pi * 11 / 6), np.cos(np.pi * 11 / 6)]], atol=1e-6)
-    with pytest.raises(ValueError, match="unknown time feature 'minute'; valid names: hour_of_day, day_of_year, month"):
+    np.testing.assert_allclose(
+        f[:, 4:6],
+        [
+            [np.sin(np.pi * 5 / 6), np.cos(np.pi * 5 / 6)],
+            [np.sin(np.pi * 11 / 6), np.cos(np.pi * 11 / 6)],
+        ],
+        atol=1e-6,
+    )
+    with pytest.raises(
+        ValueError,
+        match="unknown time feature 'minute'; valid names: hour_of_day, day_of_year, month",
+    ):
         calendar_features(t, ("minute",))
 
 
@@ -408,31 +458,81 @@ def test_calendar_features_golden_values():
 
 
 def test_no_valid_forecast_times_is_explained(archive, norm):
-    with pytest.raises(DatasetError, match=r"no valid forecast times in 2019-06-10T00:00 \.\. 2019-06-10T00:08: each needs precipitation_rate at every input frame"):
+    with pytest.raises(
+        DatasetError,
+        match=r"no valid forecast times in 2019-06-10T00:00 \.\. 2019-06-10T00:08: "
+        r"each needs precipitation_rate at every input frame",
+    ):
         ArchiveSampler(archive, TASK, norm, period=(at(0), at(8)))
     long_history = dataclasses.replace(TASK, history_minutes=120)
-    with pytest.raises(DatasetError, match=rf"archive {archive.store}: no valid forecast times.*t0 - 120 min"):
+    with pytest.raises(
+        DatasetError, match=rf"archive {archive.store}: no valid forecast times.*t0 - 120 min"
+    ):
         ArchiveSampler(archive, long_history, norm)
 
 
 def test_task_must_match_the_archive(archive, norm):
-    with pytest.raises(DatasetError, match=rf"task resolution 2 km differs from the grid resolution 1 km of archive {archive.store}"):
+    with pytest.raises(
+        DatasetError,
+        match=rf"task resolution 2 km differs from the grid resolution 1 km "
+        rf"of archive {archive.store}",
+    ):
         ArchiveSampler(archive, dataclasses.replace(TASK, resolution_km=2.0), norm)
-    with pytest.raises(DatasetError, match=r"has no variable 'reflectivity'; it has: precipitation_rate, abi_c13"):
+    with pytest.raises(
+        DatasetError, match=r"has no variable 'reflectivity'; it has: precipitation_rate, abi_c13"
+    ):
         ArchiveSampler(archive, dataclasses.replace(TASK, radar_variables=("reflectivity",)), norm)
     with pytest.raises(DatasetError, match=r"has no variable 'abi_c07'"):
         compute_normalization(archive, dataclasses.replace(TASK, satellite_bands=(7, 13)))
-    with pytest.raises(DatasetError, match=r"has no static field 'soil_type'; it has: elevation, latitude, longitude"):
-        build_inputs(archive, dataclasses.replace(TASK, static_features=("soil_type",)), at(40), 64, 64, norm)
+    with pytest.raises(
+        DatasetError,
+        match=r"has no static field 'soil_type'; it has: elevation, latitude, longitude",
+    ):
+        build_inputs(
+            archive, dataclasses.replace(TASK, static_features=("soil_type",)), at(40), 64, 64, norm
+        )
     with pytest.raises(ValueError, match="unknown time feature 'minute'"):
         ExampleBuilder(archive, dataclasses.replace(TASK, time_features=("minute",)), norm)
 
 
+def test_degenerate_archives_are_explained(tmp_path):
+    all_nan = constant_archive(tmp_path / "nan.zarr", preset("tiny").grid, abi_c13=np.nan)
+    with pytest.raises(
+        DatasetError, match=rf"archive {all_nan.store}: abi_c13 has no finite values"
+    ):
+        compute_normalization(all_nan, TASK)
+    small_grid = dataclasses.replace(preset("tiny").grid, nx=4, ny=4)
+    small = constant_archive(tmp_path / "small.zarr", small_grid)
+    norm = compute_normalization(small, TASK)
+    with pytest.raises(
+        DatasetError, match=r"the 4 x 4 grid has no place for a 8-pixel target tile"
+    ):
+        ArchiveSampler(small, TASK, norm)
+
+
+def test_rain_fraction_counts_raining_4km_cells(archive, norm):
+    builder = ExampleBuilder(archive, TASK, norm)
+    rows, cols = builder.centre_lattice()
+    assert rows.tolist() == cols.tolist() == list(range(4, 125, 4))
+    fraction = builder.rain_fraction(at(40), rows, cols)  # (31, 31)
+    coarse = archive.read("precipitation_rate", [at(40)], 0, 0, 32, level=4)[0]  # (32, 32)
+    for i, j in ((0, 0), (5, 17), (30, 30), (12, 3)):
+        top, left = rows[i] // 4 - 1, cols[j] // 4 - 1  # the 8 px tile is 2 x 2 cells
+        assert fraction[i, j] == (coarse[top : top + 2, left : left + 2] >= 0.2).mean()
+    assert 0.05 < fraction.mean() < 0.4
+
+
 def test_bad_arguments_are_named(archive, norm):
     partial = {k: v for k, v in norm.items() if k != "abi_c13"}
-    with pytest.raises(DatasetError, match=r"normalization: no statistics for 'abi_c13'; it has: precipitation_rate, latitude, longitude"):
+    with pytest.raises(
+        DatasetError,
+        match=r"normalization: no statistics for 'abi_c13'; "
+        r"it has: precipitation_rate, latitude, longitude",
+    ):
         ArchiveSampler(archive, TASK, partial)
-    with pytest.raises(DatasetError, match="period starts after it ends: 2019-06-10T00:40 > 2019-06-10T00:10"):
+    with pytest.raises(
+        DatasetError, match="period starts after it ends: 2019-06-10T00:40 > 2019-06-10T00:10"
+    ):
         ArchiveSampler(archive, TASK, norm, period=(at(40), at(10)))
     with pytest.raises(DatasetError, match="period must be a"):
         ArchiveSampler(archive, TASK, norm, period=("yesterday", at(10)))
@@ -442,7 +542,14 @@ def test_bad_arguments_are_named(archive, norm):
         ArchiveSampler(archive, TASK, norm, oversample_rain=True, rain_epsilon=0.0)
     with pytest.raises(DatasetError, match="validation_fraction must be in"):
         split_periods(archive, TASK, 1.0)
-    with pytest.raises(DatasetError, match=r"too short to split into train and validation periods 100 minutes apart"):
+    with pytest.raises(
+        DatasetError,
+        match=r"too short to split into train and validation periods 100 minutes apart",
+    ):
         split_periods(archive, TASK, 0.2, gap_minutes=100)
-    with pytest.raises(DatasetError, match=r"no abi_c13 data in 2019-06-10T00:02 \.\. 2019-06-10T00:28 to compute"):
+    with pytest.raises(
+        DatasetError, match=r"no abi_c13 data in 2019-06-10T00:02 \.\. 2019-06-10T00:28 to compute"
+    ):
         compute_normalization(archive, TASK, period=(at(2), at(28)))
+    with pytest.raises(DatasetError, match="max_times must be positive, got 0"):
+        compute_normalization(archive, TASK, max_times=0)

@@ -50,12 +50,17 @@ def tiny(**train_overrides) -> object:
 
 
 def run(config, archive, out: Path, steps: int, **kwargs):
-    options = dict(
-        train_period=TRAIN_PERIOD, val_period=VAL_PERIOD, val_examples=4, val_every=2,
-        checkpoint_every=2, progress=False, device="cpu",
-    )  # fmt: skip
-    options.update(kwargs)
-    return train(config, archive.store, out, steps, **options)
+    """``train`` with this file's periods, a 4-example validation set and no progress bar."""
+    options = {
+        "train_period": TRAIN_PERIOD,
+        "val_period": VAL_PERIOD,
+        "val_examples": 4,
+        "val_every": 2,
+        "checkpoint_every": 2,
+        "progress": False,
+        "device": "cpu",
+    }
+    return train(config, archive.store, out, steps, **{**options, **kwargs})
 
 
 def read_metrics(path: Path) -> list[dict[str, str]]:
@@ -90,7 +95,9 @@ def test_lr_factor_golden_values():
 
 
 def test_lr_factor_unknown_schedule_lists_valid_names():
-    with pytest.raises(ValueError, match="unknown schedule 'linear'; valid schedules: cosine, constant"):
+    with pytest.raises(
+        ValueError, match="unknown schedule 'linear'; valid schedules: cosine, constant"
+    ):
         lr_factor(0, warmup_steps=1, total_steps=2, schedule="linear")
 
 
@@ -104,7 +111,10 @@ def test_scheduler_sets_peak_rate_times_factor():
         seen.append(optimizer.param_groups[0]["lr"])
         optimizer.step()
         scheduler.step()
-    expected = [config.learning_rate * lr_factor(s, warmup_steps=5, total_steps=20, schedule="cosine") for s in range(20)]
+    expected = [
+        config.learning_rate * lr_factor(s, warmup_steps=5, total_steps=20, schedule="cosine")
+        for s in range(20)
+    ]
     np.testing.assert_allclose(seen, expected, rtol=1e-12)
 
 
@@ -129,7 +139,10 @@ def test_batch_indices_split_the_global_batch_disjointly():
     assert batch_indices(3, 4).tolist() == [12, 13, 14, 15]
     parts = [batch_indices(3, 4, rank, 2).tolist() for rank in range(2)]
     assert parts == [[12, 13], [14, 15]]
-    with pytest.raises(TrainError, match=r"train.batch_size \(4\) must be divisible by the number of processes \(3\)"):
+    with pytest.raises(
+        TrainError,
+        match=r"train.batch_size \(4\) must be divisible by the number of processes \(3\)",
+    ):
         batch_indices(0, 4, 0, 3)
 
 
@@ -166,11 +179,20 @@ def test_metrics_csv_has_columns_and_one_row_per_step(ema_run):
         assert f.readline().strip() == ",".join(METRIC_COLUMNS)
     assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
     config = tiny().train
-    expected_lr = [config.learning_rate * lr_factor(s, warmup_steps=5, total_steps=4, schedule="cosine") for s in range(4)]
+    expected_lr = [
+        config.learning_rate * lr_factor(s, warmup_steps=5, total_steps=4, schedule="cosine")
+        for s in range(4)
+    ]
     np.testing.assert_allclose([float(r["lr"]) for r in rows], expected_lr, rtol=1e-7)
-    np.testing.assert_allclose([float(r["train_loss"]) for r in rows], ema_run.train_losses, rtol=1e-7)
+    np.testing.assert_allclose(
+        [float(r["train_loss"]) for r in rows], ema_run.train_losses, rtol=1e-7
+    )
     assert [r["val_loss"] for r in rows][0::2] == ["", ""]
-    np.testing.assert_allclose([float(rows[1]["val_loss"]), float(rows[3]["val_loss"])], [ema_run.val_losses[2], ema_run.val_losses[4]], rtol=1e-7)
+    np.testing.assert_allclose(
+        [float(rows[1]["val_loss"]), float(rows[3]["val_loss"])],
+        [ema_run.val_losses[2], ema_run.val_losses[4]],
+        rtol=1e-7,
+    )
     assert all(float(r["examples_per_s"]) > 0 for r in rows)
     assert all(datetime.fromisoformat(r["time"]).tzinfo is not None for r in rows)
 
@@ -182,9 +204,14 @@ def test_checkpoint_rebuilds_model_that_reproduces_validation_loss(archive, ema_
     assert ckpt.config == tiny(ema_decay=EMA_DECAY)
     assert ckpt.normalization == ema_run.normalization
     assert set(ckpt.extra) >= {"step", "total_steps", "optimizer", "scheduler", "raw_model", "data"}
-    assert ckpt.extra["step"] == 4 and ckpt.extra["data"]["periods"]["train"] == ["2019-06-10T00:00", "2019-06-10T00:36"]
+    assert ckpt.extra["step"] == 4 and ckpt.extra["data"]["periods"]["train"] == [
+        "2019-06-10T00:00",
+        "2019-06-10T00:36",
+    ]
     # The validation set is items 0..3 of the validation-period sampler (one batch).
-    val = ArchiveSampler(archive, ckpt.config.task, ckpt.normalization, period=VAL_PERIOD, num_examples=4, seed=0)
+    val = ArchiveSampler(
+        archive, ckpt.config.task, ckpt.normalization, period=VAL_PERIOD, num_examples=4, seed=0
+    )
     batch = torch.utils.data.default_collate([val[i] for i in range(4)])
     with torch.no_grad():
         logits = ckpt.model(batch["inputs"], batch["lead_time"][:, None])  # (4, 1, bins, P, P)
@@ -201,7 +228,9 @@ def test_ema_weights_equal_hand_computed_average(ema_run):
         ema = ckpt.model.state_dict()
         for name, value in average.items():
             expected = EMA_DECAY * value + (1 - EMA_DECAY) * raw[name]
-            torch.testing.assert_close(ema[name], expected, rtol=0, atol=1e-6, msg=f"{name} at step {step}")
+            torch.testing.assert_close(
+                ema[name], expected, rtol=0, atol=1e-6, msg=f"{name} at step {step}"
+            )
             average[name] = expected
     differs = [name for name in raw if not torch.allclose(raw[name], ema[name], atol=1e-6)]
     assert len(differs) > len(raw) // 2
@@ -211,7 +240,9 @@ class Killed(BaseException):
     """Stands for SIGKILL: escapes every ``except Exception``."""
 
 
-def test_resume_after_kill_mid_checkpoint_equals_uninterrupted_run(archive, ema_run, tmp_path, monkeypatch):
+def test_resume_after_kill_mid_checkpoint_equals_uninterrupted_run(
+    archive, ema_run, tmp_path, monkeypatch
+):
     out = tmp_path / "run"
     real_save = torch.save
     calls = []
@@ -231,7 +262,8 @@ def test_resume_after_kill_mid_checkpoint_equals_uninterrupted_run(archive, ema_
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_00000002.pt"]
     assert [int(r["step"]) for r in read_metrics(out / "metrics.csv")] == [1, 2, 3]
 
-    resumed = run(tiny(ema_decay=EMA_DECAY), archive, out, 4, resume=True)
+    # A worker process builds the batches now: same items, since they depend on (seed, index).
+    resumed = run(tiny(ema_decay=EMA_DECAY), archive, out, 4, resume=True, workers=1)
     assert resumed.step == 4 and len(resumed.train_losses) == 2
     # Identical loss history (steps 3 and 4 recomputed, the stale row 3 replaced) ...
     rows, reference = read_metrics(out / "metrics.csv"), read_metrics(ema_run.metrics_csv)
@@ -242,15 +274,21 @@ def test_resume_after_kill_mid_checkpoint_equals_uninterrupted_run(archive, ema_
     a, b = load_checkpoint(resumed.checkpoint), load_checkpoint(ema_run.checkpoint)
     for name, value in b.model.state_dict().items():
         torch.testing.assert_close(a.model.state_dict()[name], value, rtol=0, atol=1e-6)
-        torch.testing.assert_close(a.extra["raw_model"][name], b.extra["raw_model"][name], rtol=0, atol=1e-6)
+        torch.testing.assert_close(
+            a.extra["raw_model"][name], b.extra["raw_model"][name], rtol=0, atol=1e-6
+        )
     moments_a = a.extra["optimizer"]["state"][0]["exp_avg_sq"]
-    torch.testing.assert_close(moments_a, b.extra["optimizer"]["state"][0]["exp_avg_sq"], rtol=0, atol=1e-9)
+    torch.testing.assert_close(
+        moments_a, b.extra["optimizer"]["state"][0]["exp_avg_sq"], rtol=0, atol=1e-9
+    )
 
 
 def test_resume_at_final_step_trains_nothing(archive, ema_run):
     out = ema_run.checkpoint.parents[1]
     result = run(tiny(ema_decay=EMA_DECAY), archive, out, 4, resume=True, checkpoint_every=1)
-    assert result.step == 4 and result.train_losses == () and result.checkpoint == ema_run.checkpoint
+    assert (
+        result.step == 4 and result.train_losses == () and result.checkpoint == ema_run.checkpoint
+    )
     assert [int(r["step"]) for r in read_metrics(out / "metrics.csv")] == [1, 2, 3, 4]
 
 
@@ -259,35 +297,53 @@ def test_resume_at_final_step_trains_nothing(archive, ema_run):
 
 def test_archive_with_another_grid_names_the_differing_fields(archive, tmp_path):
     config = preset("tiny")
-    config = dataclasses.replace(config, grid=dataclasses.replace(config.grid, nx=256, x_min_m=1000.0))
+    config = dataclasses.replace(
+        config, grid=dataclasses.replace(config.grid, nx=256, x_min_m=1000.0)
+    )
     with pytest.raises(TrainError) as info:
         run(config, archive, tmp_path / "run", 2)
     message = str(info.value)
     assert f"archive {archive.store} does not match the config" in message
-    assert "grid.nx: archive 128, config 256" in message and "grid.x_min_m: archive 0.0, config 1000.0" in message
+    assert (
+        "grid.nx: archive 128, config 256" in message
+        and "grid.x_min_m: archive 0.0, config 1000.0" in message
+    )
 
 
 def test_archive_without_a_task_variable_names_it(archive, tmp_path):
     config = preset("tiny")
-    config = dataclasses.replace(config, task=dataclasses.replace(config.task, satellite_bands=(13, 14)))
-    with pytest.raises(TrainError, match=r"has no variable 'abi_c14'; it has: precipitation_rate, abi_c13"):
+    config = dataclasses.replace(
+        config, task=dataclasses.replace(config.task, satellite_bands=(13, 14))
+    )
+    with pytest.raises(
+        TrainError, match=r"has no variable 'abi_c14'; it has: precipitation_rate, abi_c13"
+    ):
         run(config, archive, tmp_path / "run", 2)
 
 
 def test_period_without_data_is_a_clear_error(archive, tmp_path):
     empty = (np.datetime64("2020-01-01T00:00"), np.datetime64("2020-01-02T00:00"))
-    with pytest.raises(TrainError, match=r"training period: .*no precipitation_rate data in 2020-01-01T00:00 \.\. 2020-01-02T00:00"):
+    with pytest.raises(
+        TrainError,
+        match=r"training period: .*no precipitation_rate data in 2020-01-01T00:00 \.\. 2020-01-02T00:00",
+    ):
         run(tiny(), archive, tmp_path / "run", 2, train_period=empty)
 
 
 def test_period_without_complete_history_has_no_training_times(archive, tmp_path):
     short = (T0, T0 + 8 * MIN)  # radar at 0..8 min, but a t0 needs t0 - 10 min and t0 + 2 min
-    with pytest.raises(TrainError, match=r"training period 2019-06-10T00:00 \.\. 2019-06-10T00:08: .*no valid forecast times"):
+    with pytest.raises(
+        TrainError,
+        match=r"training period 2019-06-10T00:00 \.\. 2019-06-10T00:08: .*no valid forecast times",
+    ):
         run(tiny(), archive, tmp_path / "run", 2, train_period=short)
 
 
 def test_overlapping_periods_are_refused(archive, tmp_path):
-    with pytest.raises(TrainError, match=r"train period 2019-06-10T00:00 \.\. 2019-06-10T00:36 overlaps validation period 2019-06-10T00:30"):
+    with pytest.raises(
+        TrainError,
+        match=r"train period 2019-06-10T00:00 \.\. 2019-06-10T00:36 overlaps validation period 2019-06-10T00:30",
+    ):
         run(tiny(), archive, tmp_path / "run", 2, val_period=(T0 + 30 * MIN, T0 + 58 * MIN))
     with pytest.raises(TrainError, match=r"train end \(--train-end\): not a time, got 'yesterday'"):
         run(tiny(), archive, tmp_path / "run", 2, train_period=(T0, "yesterday"))
@@ -295,10 +351,35 @@ def test_overlapping_periods_are_refused(archive, tmp_path):
 
 def test_existing_run_needs_resume_and_the_same_config(archive, ema_run):
     out = ema_run.checkpoint.parents[1]
-    with pytest.raises(TrainError, match=r"already holds checkpoints \(latest step_00000004.pt\); pass --resume"):
+    with pytest.raises(
+        TrainError, match=r"already holds checkpoints \(latest step_00000004.pt\); pass --resume"
+    ):
         run(tiny(ema_decay=EMA_DECAY), archive, out, 4)
-    with pytest.raises(TrainError, match=r"cannot resume from .*step_00000004.pt: the config differs:\n  train.learning_rate: checkpoint 0.001, config 0.002"):
+    with pytest.raises(
+        TrainError,
+        match=r"cannot resume from .*step_00000004.pt: the config differs:\n  train.learning_rate: checkpoint 0.001, config 0.002",
+    ):
         run(tiny(ema_decay=EMA_DECAY, learning_rate=2e-3), archive, out, 8, resume=True)
+    with pytest.raises(
+        TrainError,
+        match=r"it trained on periods .*'train': \['2019-06-10T00:00', '2019-06-10T00:36'\]",
+    ):
+        run(
+            tiny(ema_decay=EMA_DECAY),
+            archive,
+            out,
+            8,
+            resume=True,
+            train_period=(T0, T0 + 30 * MIN),
+        )
+
+
+def test_bf16_autocast_step_matches_fp32(archive, tmp_path):
+    """The GPU path (bf16 autocast, fp32 loss) run on CPU: same loss to bf16 precision."""
+    fp32 = run(tiny(), archive, tmp_path / "fp32", 1, val_every=0)
+    bf16 = run(tiny(precision="bf16"), archive, tmp_path / "bf16", 1, val_every=0)
+    assert bf16.train_losses[0] == pytest.approx(fp32.train_losses[0], rel=2e-2)
+    assert bf16.train_losses[0] != fp32.train_losses[0]  # autocast really ran in bf16
 
 
 def test_bad_arguments_are_refused(archive, tmp_path):
@@ -334,11 +415,39 @@ def test_cli_train_writes_checkpoint_and_metrics(archive, tmp_path):
 
 def test_cli_train_errors_exit_1_with_the_message(tmp_path):
     missing = tmp_path / "nowhere.zarr"
-    result = CliRunner().invoke(app, ["train", "--archive", str(missing), "--preset", "tiny", "--steps", "1", "--out", str(tmp_path / "o")])
+    result = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "--archive",
+            str(missing),
+            "--preset",
+            "tiny",
+            "--steps",
+            "1",
+            "--out",
+            str(tmp_path / "o"),
+        ],
+    )
     assert result.exit_code == 1
     assert f"error: {missing}: no archive there" in result.output
     config_file = tmp_path / "c.yaml"
     config_file.write_text("preset: small\n")
-    result = CliRunner().invoke(app, ["train", "--archive", str(missing), "--preset", "tiny", "--config", str(config_file), "--steps", "1", "--out", str(tmp_path / "o")])
+    result = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "--archive",
+            str(missing),
+            "--preset",
+            "tiny",
+            "--config",
+            str(config_file),
+            "--steps",
+            "1",
+            "--out",
+            str(tmp_path / "o"),
+        ],
+    )
     assert result.exit_code == 1
     assert "preset: the file names 'small' but --preset is 'tiny'" in result.output

@@ -54,27 +54,41 @@ def test_two_gloo_processes_equal_one_process(tmp_path):
         "--val-start", str(VAL_PERIOD[0]), "--val-end", str(VAL_PERIOD[1]),
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+    done = subprocess.run(
+        command, check=False, env=env, capture_output=True, text=True, timeout=240
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.count("trained to step 3") == 1  # only rank 0 reports
 
     # Only rank 0 wrote: one set of checkpoints, one row per step.
-    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_00000002.pt", "step_00000003.pt"]
-    np.testing.assert_allclose(losses(out / "metrics.csv", "train_loss"), single.train_losses, rtol=TOLERANCE)
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
+        "step_00000002.pt",
+        "step_00000003.pt",
+    ]
     np.testing.assert_allclose(
-        losses(out / "metrics.csv", "val_loss"), [single.val_losses[2], single.val_losses[3]], rtol=TOLERANCE
+        losses(out / "metrics.csv", "train_loss"), single.train_losses, rtol=TOLERANCE
     )
-    a, b = load_checkpoint(out / "checkpoints" / "step_00000003.pt"), load_checkpoint(single.checkpoint)
+    np.testing.assert_allclose(
+        losses(out / "metrics.csv", "val_loss"),
+        [single.val_losses[2], single.val_losses[3]],
+        rtol=TOLERANCE,
+    )
+    a, b = (
+        load_checkpoint(out / "checkpoints" / "step_00000003.pt"),
+        load_checkpoint(single.checkpoint),
+    )
     assert a.config == b.config and a.normalization == b.normalization
     for name, value in b.model.state_dict().items():  # EMA weights
         torch.testing.assert_close(a.model.state_dict()[name], value, rtol=0, atol=TOLERANCE)
     names = [name for name, _ in b.model.named_parameters()]
     lr_sum = sum(losses(out / "metrics.csv", "lr"))
-    noise = 0
+    loose = 0
     for index, state in b.extra["optimizer"]["state"].items():
         raw_a, raw_b = a.extra["raw_model"][names[index]], b.extra["raw_model"][names[index]]
         signal = state["exp_avg_sq"].sqrt() >= NOISE_GRADIENT
-        torch.testing.assert_close(raw_a[signal], raw_b[signal], rtol=0, atol=TOLERANCE, msg=names[index])
+        torch.testing.assert_close(
+            raw_a[signal], raw_b[signal], rtol=0, atol=TOLERANCE, msg=names[index]
+        )
         assert torch.all((raw_a - raw_b)[~signal].abs() <= 2 * lr_sum), names[index]
-        noise += int((~signal).sum())
-    assert noise < 0.01 * sum(v.numel() for v in b.model.parameters())
+        loose += int(((raw_a - raw_b).abs() > TOLERANCE).sum())
+    assert loose < 1e-3 * sum(v.numel() for v in b.model.parameters())  # a handful of 305 k

@@ -103,6 +103,7 @@ class MetNet(nn.Module):
         logits = self.head(h)  # (B*L, bins, P, P)
         return logits.unflatten(0, tuple(lead_index.shape))  # (B, L, bins, P, P)
 
+    @torch.compiler.disable  # value checks need host syncs; under torch.compile run eagerly
     def check_inputs(self, x: torch.Tensor, lead_times: torch.Tensor) -> torch.Tensor:
         """Validate ``x`` and ``lead_times``; return the (B, L) int64 one-hot lead indices.
 
