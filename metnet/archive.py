@@ -585,9 +585,10 @@ class Archive:
             zarr.consolidate_metadata(self._zstore)
 
     def _array(self, path: str) -> zarr.Array:
-        if path not in self._arrays:
-            self._arrays[path] = zarr.open_array(self._zstore, path=path, mode=self.mode)
-        return self._arrays[path]
+        array = self._arrays.get(path)  # one lookup: another thread may clear the cache
+        if array is None:
+            array = self._arrays[path] = zarr.open_array(self._zstore, path=path, mode=self.mode)
+        return array
 
     def _writable(self) -> None:
         if self.mode != "r+":

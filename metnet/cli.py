@@ -100,7 +100,8 @@ def export(
 
 def _preset_and_file(preset_name: str | None, config_file: Path | None):
     """The config of ``--preset`` with ``--config``'s keys on top (either alone works;
-    neither is the paper preset). A file naming another preset than ``--preset`` is an error."""
+    neither is the paper preset). A file naming another preset than ``--preset`` is an
+    error."""
     import yaml
 
     from metnet.config import config_from_dict, preset
@@ -113,47 +114,70 @@ def _preset_and_file(preset_name: str | None, config_file: Path | None):
     data = yaml.safe_load(config_file.read_text()) or {}
     named = data.get("preset")
     if named is not None and str(named).lower() != preset_name.lower():
-        raise ConfigError([f"preset: the file names {named!r} but --preset is {preset_name!r}"], str(config_file))
+        raise ConfigError(
+            [f"preset: the file names {named!r} but --preset is {preset_name!r}"], str(config_file)
+        )
     return config_from_dict({**data, "preset": preset_name}, source=str(config_file))
 
 
 @app.command("train")
 def train_command(
     archive: str = typer.Option(..., "--archive", help="Archive zarr store (path or URL)."),
-    preset_name: str | None = typer.Option(None, "--preset", help="paper, small or tiny (default: paper)."),
-    config_file: Path | None = typer.Option(None, "--config", help="YAML config; its keys override --preset."),
-    steps: int = typer.Option(..., "--steps", min=1, help="Total optimiser steps, earlier runs included."),
+    preset_name: str | None = typer.Option(
+        None, "--preset", help="paper, small or tiny (default: paper)."
+    ),
+    config_file: Path | None = typer.Option(
+        None, "--config", help="YAML config; its keys override --preset."
+    ),
+    steps: int = typer.Option(..., "--steps", min=1, help="Total steps, earlier runs included."),
     out: Path = typer.Option(..., "--out", help="Folder for checkpoints/ and metrics.csv."),
-    resume: bool = typer.Option(False, "--resume", help="Continue from the latest checkpoint in --out."),
-    checkpoint_every: int = typer.Option(1000, "--checkpoint-every", min=0, help="Steps between checkpoints (0: end only)."),
-    val_every: int = typer.Option(500, "--val-every", min=0, help="Steps between validations (0: end only)."),
-    val_examples: int = typer.Option(64, "--val-examples", min=1, help="Size of the fixed validation set."),
-    train_start: str | None = typer.Option(None, "--train-start", help="First training time (UTC), e.g. 2019-06-01T00:00."),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue from the latest checkpoint in --out."
+    ),
+    checkpoint_every: int = typer.Option(
+        1000, "--checkpoint-every", min=0, help="Steps between checkpoints (0: at the end only)."
+    ),
+    val_every: int = typer.Option(
+        500, "--val-every", min=0, help="Steps between validations (0: at the end only)."
+    ),
+    val_examples: int = typer.Option(
+        64, "--val-examples", min=1, help="Size of the fixed validation set."
+    ),
+    train_start: str | None = typer.Option(
+        None, "--train-start", help="First training time (UTC), e.g. 2019-06-01T00:00."
+    ),
     train_end: str | None = typer.Option(None, "--train-end", help="Last training time (UTC)."),
-    val_start: str | None = typer.Option(None, "--val-start", help="First validation time (UTC)."),
+    val_start: str | None = typer.Option(None, "--val-start", help="First validation time."),
     val_end: str | None = typer.Option(None, "--val-end", help="Last validation time (UTC)."),
     workers: int = typer.Option(0, "--workers", min=0, help="DataLoader worker processes."),
-    device: str | None = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
+    device: str | None = typer.Option(
+        None, "--device", help="cpu or cuda (default: cuda when available)."
+    ),
 ) -> None:
-    """Train MetNet on an archive; run under torchrun for several processes (DDP).
+    """Train MetNet on an archive; under torchrun, one process per GPU (DDP).
 
-    Periods not given default to the archive's time range split 80/20 into training and
-    validation. Only rank 0 prints and writes files.
+    Periods not given: the archive's time range, split 80/20 into training and validation.
+
+    Only rank 0 prints and writes files.
     """
+    import logging
+
     from metnet.train import train
 
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # e.g. "resumed from ..."
     try:
         config = _preset_and_file(preset_name, config_file)
         result = train(
             config, archive, out, steps, resume=resume, checkpoint_every=checkpoint_every,
-            val_every=val_every, val_examples=val_examples, train_period=(train_start, train_end),
-            val_period=(val_start, val_end), workers=workers, device=device,
+            val_every=val_every, val_examples=val_examples, workers=workers, device=device,
+            train_period=(train_start, train_end), val_period=(val_start, val_end),
         )  # fmt: skip
     except ValueError as exc:  # config, archive, dataset, checkpoint and training errors
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(code=1) from exc
     if int(os.environ.get("RANK", "0")) == 0:
-        last = f", validation loss {result.val_losses[result.step]:.4f}" if result.step in result.val_losses else ""
+        val = result.val_losses.get(result.step)
+        last = "" if val is None else f", validation loss {val:.4f}"
         typer.echo(f"trained to step {result.step}{last}; checkpoint {result.checkpoint}")
 
 
@@ -210,6 +234,117 @@ def ingest_command(
     typer.echo(summary.format())
     if not summary.ok:
         raise typer.Exit(code=1)
+
+
+def _numbers(text: str | None, kind: type, flag: str, count: int | None = None) -> list | None:
+    """``"1,2"`` -> ``[kind(1), kind(2)]`` (None stays None); a bad item is a usage error."""
+    items = _comma_list(text)
+    if items is None:
+        return None
+    try:
+        values = [kind(v) for v in items]
+    except ValueError:
+        raise typer.BadParameter(f"expected comma-separated {kind.__name__}s, got {text!r}", param_hint=flag) from None
+    if count is not None and len(values) != count:
+        raise typer.BadParameter(f"expected {count} comma-separated numbers, got {text!r}", param_hint=flag)
+    return values
+
+
+def _bbox(archive: str, bbox: str | None, bbox_lonlat: str | None) -> list[float] | None:
+    """The ``--bbox`` (metres) or ``--bbox-lonlat`` (degrees, projected to the archive's grid)."""
+    if bbox is not None and bbox_lonlat is not None:
+        raise ValueError("give either --bbox or --bbox-lonlat, not both")
+    if bbox_lonlat is None:
+        return _numbers(bbox, float, "--bbox", 4)
+    from metnet.archive import Archive
+    from metnet.forecast import lonlat_bbox
+
+    return list(lonlat_bbox(Archive.open(archive).grid, _numbers(bbox_lonlat, float, "--bbox-lonlat", 4)))
+
+
+_BBOX_HELP = "Domain x0,y0,x1,y1 in metres of the grid's CRS (default: the whole grid)."
+_BBOX_LONLAT_HELP = "Domain lon0,lat0,lon1,lat1 in degrees (instead of --bbox)."
+
+
+@app.command("forecast")
+def forecast_command(
+    archive: str = typer.Option(..., "--archive", help="Archive zarr store (path or URL)."),
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="Model checkpoint file."),
+    time: str = typer.Option(..., "--time", help="Forecast time t0 (UTC), e.g. 2019-06-10T00:30."),
+    out: Path = typer.Option(..., "--out", help="Output zarr store (local path), e.g. forecast.zarr."),
+    bbox: str | None = typer.Option(None, "--bbox", help=_BBOX_HELP),
+    bbox_lonlat: str | None = typer.Option(None, "--bbox-lonlat", help=_BBOX_LONLAT_HELP),
+    lead_times: str | None = typer.Option(None, "--lead-times", help="Comma-separated minutes (default: all)."),
+    thresholds: str | None = typer.Option(None, "--thresholds", help="Comma-separated mm/h (default 0.2,1,2,5,10,25)."),
+    quantiles: str | None = typer.Option(None, "--quantiles", help="Comma-separated levels (default 0.5,0.9)."),
+    keep_distribution: bool = typer.Option(False, "--keep-distribution", help="Also store the bin probabilities."),
+    batch_tiles: int = typer.Option(4, "--batch-tiles", min=1, help="Tiles per model call (bounds memory)."),
+    lead_chunk: int = typer.Option(32, "--lead-chunk", min=1, help="Lead times per pass inside the model."),
+    allow_missing: bool = typer.Option(False, "--allow-missing", help="Forecast with missing inputs masked."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out store."),
+    device: str | None = typer.Option(None, "--device", help="cpu or cuda (default: cpu)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Forecast from one time over a domain and write the forecast dataset (zarr).
+
+    The store appears at --out only once complete (it is written under a temporary name).
+    """
+    from metnet.forecast import forecast
+    from metnet.products import DEFAULT_QUANTILES, DEFAULT_THRESHOLDS
+
+    try:
+        written = forecast(
+            archive, checkpoint, time, out, bbox=_bbox(archive, bbox, bbox_lonlat),
+            lead_times=_numbers(lead_times, int, "--lead-times"),
+            thresholds=_numbers(thresholds, float, "--thresholds") or DEFAULT_THRESHOLDS,
+            quantiles=_numbers(quantiles, float, "--quantiles") or DEFAULT_QUANTILES,
+            keep_distribution=keep_distribution, batch_tiles=batch_tiles, lead_chunk=lead_chunk,
+            allow_missing=allow_missing, overwrite=overwrite, device=device, progress=progress,
+        )  # fmt: skip
+    except ValueError as exc:  # forecast, checkpoint, archive and product errors
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=1) from exc
+    typer.echo(f"forecast written to {written}")
+
+
+@app.command("evaluate")
+def evaluate_command(
+    archive: str = typer.Option(..., "--archive", help="Archive zarr store (path or URL)."),
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="Model checkpoint file."),
+    start: str = typer.Option(..., "--start", help="First forecast time (UTC)."),
+    end: str = typer.Option(..., "--end", help="Last forecast time (UTC)."),
+    out: Path = typer.Option(..., "--out", help="Output folder: metrics.csv, skill.png, reliability.png."),
+    every: int | None = typer.Option(None, "--every", min=1, help="Minutes between forecast times (default: the archive step)."),
+    baselines: str = typer.Option("persistence,optical-flow", "--baselines", help="Comma-separated baselines ('' for none)."),
+    thresholds: str = typer.Option("0.2,1,2", "--thresholds", help="Comma-separated rate thresholds, mm/h."),
+    lead_times: str | None = typer.Option(None, "--lead-times", help="Comma-separated minutes (default: all)."),
+    bbox: str | None = typer.Option(None, "--bbox", help=_BBOX_HELP),
+    bbox_lonlat: str | None = typer.Option(None, "--bbox-lonlat", help=_BBOX_LONLAT_HELP),
+    val_start: str | None = typer.Option(None, "--val-start", help="First validation forecast time (calibrates the F1 probability threshold)."),
+    val_end: str | None = typer.Option(None, "--val-end", help="Last validation forecast time."),
+    batch_tiles: int = typer.Option(4, "--batch-tiles", min=1, help="Tiles per model call."),
+    device: str | None = typer.Option(None, "--device", help="cpu or cuda (default: cpu)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Verify the model and baselines against the archive over a period; write a table and plots."""
+    from metnet.evaluate import evaluate
+
+    try:
+        if (val_start is None) != (val_end is None):
+            raise ValueError("give both --val-start and --val-end, or neither")
+        result = evaluate(
+            archive, checkpoint, start, end, out, every_minutes=every,
+            baselines=_comma_list(baselines) or [], thresholds=_numbers(thresholds, float, "--thresholds"),
+            lead_times=_numbers(lead_times, int, "--lead-times"), bbox=_bbox(archive, bbox, bbox_lonlat),
+            val_period=None if val_start is None else (val_start, val_end),
+            batch_tiles=batch_tiles, device=device, progress=progress,
+        )  # fmt: skip
+    except ValueError as exc:  # evaluation, forecast, baseline and checkpoint errors
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=1) from exc
+    typer.echo(f"evaluated {len(result.times)} forecast time(s), skipped {len(result.skipped)}; wrote:")
+    for path in result.files:
+        typer.echo(f"  {path}")
 
 
 if __name__ == "__main__":

@@ -124,9 +124,9 @@ class Domain:
 def lonlat_bbox(grid: Grid, bbox: Sequence[float]) -> tuple[float, float, float, float]:
     """A ``(lon0, lat0, lon1, lat1)`` box (degrees) as the ``(x0, y0, x1, y1)`` box in
     metres of ``grid``'s CRS that contains it (edges densified, so curved edges fit)."""
-    lon0, lat0, lon1, lat1 = _four(bbox, "lon/lat bbox")
-    if not (-90 <= lat0 < lat1 <= 90):
-        raise ForecastError(f"lon/lat bbox {tuple(bbox)}: need -90 <= lat0 < lat1 <= 90")
+    lon0, lat0, lon1, lat1 = _four(bbox, "lon/lat bbox", "lon0, lat0, lon1, lat1")
+    if lat0 < -90 or lat1 > 90:
+        raise ForecastError(f"lon/lat bbox {tuple(bbox)}: latitudes must lie in -90 .. 90")
     to_grid = pyproj.Transformer.from_crs(_LONLAT, grid.crs, always_xy=True)
     x0, y0, x1, y1 = to_grid.transform_bounds(lon0, lat0, lon1, lat1, densify_pts=101)
     if not all(math.isfinite(v) for v in (x0, y0, x1, y1)):
@@ -163,15 +163,17 @@ def domain_of(grid: Grid, tile_px: int, bbox: Sequence[float] | None = None) -> 
     return Domain(r0, c0, r1 - r0, c1 - c0)
 
 
-def _four(bbox: Sequence[float], what: str) -> tuple[float, float, float, float]:
+def _four(bbox: Sequence[float], what: str, names: str = "x0, y0, x1, y1") -> tuple[float, float, float, float]:
+    """``bbox`` as four finite floats with the first two below the last two."""
     try:
         values = tuple(float(v) for v in bbox)
     except (TypeError, ValueError):
-        raise ForecastError(f"{what} must be four numbers x0, y0, x1, y1, got {bbox!r}") from None
+        raise ForecastError(f"{what} must be four numbers {names}, got {bbox!r}") from None
     if len(values) != 4 or not all(math.isfinite(v) for v in values):
-        raise ForecastError(f"{what} must be four finite numbers x0, y0, x1, y1, got {bbox!r}")
+        raise ForecastError(f"{what} must be four finite numbers {names}, got {bbox!r}")
+    a0, b0, a1, b1 = names.split(", ")
     if values[0] >= values[2] or values[1] >= values[3]:
-        raise ForecastError(f"{what} {values}: need x0 < x1 and y0 < y1")
+        raise ForecastError(f"{what} {values}: need {a0} < {a1} and {b0} < {b1}")
     return values  # type: ignore[return-value]
 
 
@@ -277,8 +279,8 @@ class Forecaster:
         step_ns = int(np.timedelta64(self.archive.time_step, "ns").astype(np.int64))
         if int(t0.astype(np.int64)) % step_ns:
             raise ForecastError(
-                f"forecast time {t0} is not on the {self.archive.time_step} time axis of archive "
-                f"{self.archive.store}"
+                f"forecast time {np.datetime64(t0, 's')} is not on the time axis of archive "
+                f"{self.archive.store} (every {self.archive.time_step} from midnight)"
             )
         missing = self.archive.missing_inputs(t0, self.task)
         if missing and not allow_missing:
@@ -352,8 +354,9 @@ def _template(sample: xr.Dataset, grid: Grid, tile_px: int) -> xr.Dataset:
         variables[name] = (var.dims, values, var.attrs)
     ds = grid.dataset(variables, lat_lon=True)
     ds["crs"].attrs = {**sample["crs"].attrs, **ds["crs"].attrs}  # this grid's GeoTransform
+    # Variables, not DataArrays: those would bring the sample's scalar "crs" along.
     ds = ds.assign_coords(
-        {n: c for n, c in sample.coords.items() if not {"y", "x"} & set(c.dims) and n != "crs"}
+        {n: c.variable for n, c in sample.coords.items() if not {"y", "x"} & set(c.dims) and n != "crs"}
     )
     ds.attrs = dict(sample.attrs)
     return ds

@@ -14,7 +14,7 @@ anyway, skipping only saves the decoding.
 
 from __future__ import annotations
 
-import time as _time
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -51,7 +51,9 @@ class IngestSummary:
     results: list[FileResult] = field(default_factory=list)
     """One per file, plus one per location that could not be listed."""
     static_written: tuple[str, ...] = ()
+    """Static fields written because the archive had none."""
     seconds: float = 0.0
+    """Wall time of the run."""
 
     @property
     def files_read(self) -> int:
@@ -175,7 +177,7 @@ def ingest(
     has no static fields yet and ``static_source`` is given, its fields (latitude,
     longitude, elevation with a DEM) are written too. ``progress`` shows a progress bar.
     """
-    began = _time.perf_counter()
+    began = time.perf_counter()
     summary = IngestSummary(archive=archive.store, source=getattr(source, "name", str(source)))
     files, summary.results = discover(source, locations, start, end)
     summary.files_found = len(files)
@@ -202,5 +204,5 @@ def ingest(
             result = ingest_file(archive, source, path, overwrite=overwrite)
             summary.results.append(result)
             bar.update(task, advance=1, last=f"{result.status} {path.rsplit('/', 1)[-1]}")
-    summary.seconds = _time.perf_counter() - began
+    summary.seconds = time.perf_counter() - began
     return summary

@@ -4,7 +4,7 @@
 (:class:`metnet.dataset.ArchiveSampler`) and writes everything to ``out_dir``::
 
     out_dir/checkpoints/step_00000100.pt   every ``checkpoint_every`` steps and at the end
-    out_dir/metrics.csv                    one row per step (:data:`METRIC_COLUMNS`)
+    out_dir/metrics.csv                    one row per step (:data:`METRIC_COLUMNS`, time UTC)
     out_dir/tensorboard/                   the same scalars, when tensorboard is installed
 
 Choices made here:
@@ -25,7 +25,11 @@ Choices made here:
   of the global batch, so ``W`` processes compute the gradient of one process on the
   whole batch. Only rank 0 writes checkpoints, metrics and the progress bar.
 - **Randomness** inside the model (dropout) is reseeded from ``(seed, step, rank)`` at
-  every step, for the same reason as the data order.
+  every step, for the same reason as the data order. (So with dropout, W processes draw
+  other masks than one process; without it they compute the same step.)
+- **Validation**: the mean loss over the valid pixels of a fixed set, items
+  ``0 .. val_examples - 1`` of a sampler on the validation period (a separate period
+  from training, :func:`resolve_periods`), every ``val_every`` steps and after the last.
 - **Precision**: ``auto`` is bf16 autocast on CUDA and fp32 on CPU; the loss is always
   computed in fp32.
 - **Optimiser**: AdamW, linear warm-up then cosine or constant decay

@@ -34,6 +34,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from metnet.forecast import DEFAULT_BATCH_TILES
 from pipelines.common import iso, parse_time
 from pipelines.export import exports_complete
 from pipelines.forecast import MissingInputsError, OutputLayout, forecast_task
@@ -58,7 +59,11 @@ def forecast_times(start: Any, end: Any, interval_minutes: int) -> np.ndarray:
 
 
 def pending_times(
-    times: np.ndarray, outputs: str, formats: list[str], export_lead_times: list[int] | None
+    times: np.ndarray,
+    outputs: str,
+    formats: list[str],
+    export_lead_times: list[int] | None = None,
+    products: list[str] | None = None,
 ) -> np.ndarray:
     """The times among ``times`` whose forecast or exports are not complete (the test
     of :func:`pipelines.forecast.run_forecast`, made here to submit no needless task)."""
@@ -67,7 +72,7 @@ def pending_times(
     def complete(t: np.datetime64) -> bool:
         path = layout.forecast(t)
         return path.exists() and (
-            not formats or exports_complete(layout.maps(t), formats, export_lead_times, None, path)
+            not formats or exports_complete(layout.maps(t), formats, export_lead_times, products, path)
         )
 
     return np.array([t for t in times if not complete(t)], dtype="datetime64[ns]")
@@ -107,6 +112,7 @@ def _run_chunks(
     chunk_size: int,
     formats: list[str],
     export_lead_times: list[int] | None,
+    products: list[str] | None,
     bbox: list[float] | None,
     allow_missing: bool,
     batch_tiles: int,
@@ -119,8 +125,8 @@ def _run_chunks(
         chunk = times[first : first + chunk_size]
         futures = [
             forecast_task.submit(
-                archive, checkpoint, outputs, t, formats, None, export_lead_times, bbox,
-                allow_missing, False, batch_tiles, device,
+                archive, checkpoint, outputs, t, formats, None, export_lead_times, products,
+                bbox, allow_missing, False, batch_tiles, device,
             )  # fmt: skip
             for t in chunk
         ]
@@ -152,9 +158,10 @@ def backfill_flow(
     dask_address: str | None = None,
     formats: list[str] = [],  # noqa: B006 - Prefect parameter default
     export_lead_times: list[int] | None = None,
+    products: list[str] | None = None,
     bbox: list[float] | None = None,
     allow_missing: bool = False,
-    batch_tiles: int = 4,
+    batch_tiles: int = DEFAULT_BATCH_TILES,
     device: str | None = None,
 ) -> dict[str, Any]:
     """Forecast (and export ``formats``) every ``interval_minutes`` from ``start`` to
@@ -166,7 +173,7 @@ def backfill_flow(
     """
     logger = get_run_logger()
     times = forecast_times(start, end, interval_minutes)
-    todo = pending_times(times, outputs, formats, export_lead_times)
+    todo = pending_times(times, outputs, formats, export_lead_times, products)
     logger.info(
         "backfill %s .. %s every %d min: %d times, %d already done, %d to do (%s, %d workers)",
         iso(times[0]), iso(times[-1]), interval_minutes, times.size, times.size - todo.size,
@@ -177,7 +184,7 @@ def backfill_flow(
     if todo.size:
         results = _run_chunks.with_options(task_runner=runner)(
             archive, checkpoint, outputs, [iso(t) for t in todo], chunk_size, formats,
-            export_lead_times, bbox, allow_missing, batch_tiles, device,
+            export_lead_times, products, bbox, allow_missing, batch_tiles, device,
         )  # fmt: skip
     todo_set = {iso(t) for t in todo}
     summary = {

@@ -40,6 +40,7 @@ from metnet.forecast import DEFAULT_BATCH_TILES, forecast
 from metnet.train import latest_checkpoint
 from pipelines.common import iso, parse_time, stamp
 from pipelines.export import exports_complete, write_exports
+from pipelines.train import LATEST
 
 #: Export formats written by default after a forecast.
 DEFAULT_FORMATS: tuple[str, ...] = ("netcdf", "cog", "png")
@@ -72,12 +73,13 @@ class OutputLayout:
 
 
 def resolve_checkpoint(checkpoint: str | Path) -> Path:
-    """A checkpoint file as given, or the latest checkpoint of a training folder."""
+    """A checkpoint file as given; for a folder, the model the train flow published in it
+    (``latest.pt``) or else the latest ``checkpoints/step_*.pt`` of a ``metnet train`` run."""
     path = Path(checkpoint)
     if path.is_dir():
-        latest = latest_checkpoint(path)
+        latest = path / LATEST if (path / LATEST).exists() else latest_checkpoint(path)
         if latest is None:
-            raise FileNotFoundError(f"{path}: a folder without checkpoints/step_*.pt")
+            raise FileNotFoundError(f"{path}: a folder without {LATEST} or checkpoints/step_*.pt")
         return latest
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
@@ -119,6 +121,7 @@ def run_forecast(
     formats: Sequence[str] = DEFAULT_FORMATS,
     lead_times: Sequence[int] | None = None,
     export_lead_times: Sequence[int] | None = None,
+    products: Sequence[str] | None = None,
     bbox: Sequence[float] | None = None,
     allow_missing: bool = False,
     overwrite: bool = False,
@@ -140,7 +143,7 @@ def run_forecast(
     result = {"time": iso(t0), "forecast": str(path), "maps": str(maps), "files": {}}
     have_forecast = path.exists() and not overwrite
     have_maps = not formats or (
-        not overwrite and exports_complete(maps, formats, export_lead_times, None, path)
+        not overwrite and exports_complete(maps, formats, export_lead_times, products, path)
     )
     if have_forecast and have_maps:
         return {**result, "status": "already done"}
@@ -155,7 +158,7 @@ def run_forecast(
             overwrite=overwrite, batch_tiles=batch_tiles, device=device,
         )  # fmt: skip
     if formats:
-        result["files"] = write_exports(path, maps, formats, export_lead_times)
+        result["files"] = write_exports(path, maps, formats, export_lead_times, products)
     return {**result, "status": "exported" if have_forecast else "forecast"}
 
 
@@ -168,6 +171,7 @@ def forecast_task(
     formats: list[str],
     lead_times: list[int] | None = None,
     export_lead_times: list[int] | None = None,
+    products: list[str] | None = None,
     bbox: list[float] | None = None,
     allow_missing: bool = False,
     overwrite: bool = False,
@@ -177,7 +181,8 @@ def forecast_task(
     """:func:`run_forecast` as a task (its outputs are the cache, see the module docstring)."""
     result = run_forecast(
         archive, checkpoint, outputs, t0, formats=formats, lead_times=lead_times,
-        export_lead_times=export_lead_times, bbox=bbox, allow_missing=allow_missing,
+        export_lead_times=export_lead_times, products=products, bbox=bbox,
+        allow_missing=allow_missing,
         overwrite=overwrite, batch_tiles=batch_tiles, device=device,
     )  # fmt: skip
     get_run_logger().info("forecast %s: %s (%s)", result["time"], result["status"], result["forecast"])
@@ -193,6 +198,7 @@ def forecast_flow(
     formats: list[str] = list(DEFAULT_FORMATS),  # noqa: B006 - Prefect parameter default
     lead_times: list[int] | None = None,
     export_lead_times: list[int] | None = None,
+    products: list[str] | None = None,
     bbox: list[float] | None = None,
     allow_missing: bool = False,
     overwrite: bool = False,
@@ -204,7 +210,8 @@ def forecast_flow(
 
     ``checkpoint`` is a file or a training folder (its latest checkpoint). ``lead_times``
     are forecast (default all the model predicts), ``export_lead_times`` exported
-    (default all forecast). ``bbox`` ``[x0, y0, x1, y1]`` metres limits the domain.
+    (default all forecast), ``products`` the exported products (e.g. ``prob_gt_1mmh``,
+    ``rate_mean``; default all). ``bbox`` ``[x0, y0, x1, y1]`` metres limits the domain.
     Returns the result of :func:`run_forecast`; ``status`` ``"already done"`` when the
     complete outputs exist (``overwrite`` redoes them).
     """
@@ -217,7 +224,7 @@ def forecast_flow(
         t0 = parse_time(time, "time")
     result = forecast_task(
         archive, checkpoint, outputs, iso(t0), list(formats), lead_times, export_lead_times,
-        bbox, allow_missing, overwrite, batch_tiles, device,
+        products, bbox, allow_missing, overwrite, batch_tiles, device,
     )  # fmt: skip
     if result["status"] == "already done":
         logger.info("forecast from %s already done: %s", result["time"], result["forecast"])

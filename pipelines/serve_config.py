@@ -6,7 +6,7 @@ Example (every key but ``archive``, ``outputs`` and ``checkpoint`` has a default
 
     archive: data/archive/metnet.zarr     # the observation archive (path or URL)
     outputs: data/outputs/live           # forecasts/ and maps/ are written here
-    checkpoint: data/checkpoints/metnet  # a .pt file, or a training folder (its latest)
+    checkpoint: data/checkpoints/metnet/latest.pt  # a .pt file or a training folder
     ingest:                              # one deployment per entry: ingest-<name>
       - name: mrms
         source: mrms
@@ -20,9 +20,10 @@ Example (every key but ``archive``, ``outputs`` and ``checkpoint`` has a default
     backfill:                            # deployed without a schedule: run on demand
       interval_minutes: 10
       max_workers: 2
-    train:
-      enabled: false
+    train:                               # off by default
+      enabled: true
       cron: "0 4 * * 0"
+      out_dir: data/checkpoints/metnet   # publishes data/checkpoints/metnet/latest.pt
       preset: small
       steps_per_run: 1000
 """
@@ -129,6 +130,8 @@ class TrainSettings:
     """Serve this deployment."""
     cron: str = "0 4 * * 0"
     """Schedule (cron, UTC)."""
+    out_dir: str | None = None
+    """Training folder: one subfolder per run, the newest model published as ``latest.pt``."""
     preset: str | None = "small"
     """Preset of the model (ignored when ``config_file`` is set)."""
     config_file: str | None = None
@@ -260,6 +263,8 @@ def _validate(config: ServeConfig, errors: list[str]) -> None:
     _check_positive(tr.steps_per_run, "train.steps_per_run", errors)
     if tr.enabled and tr.preset is None and tr.config_file is None:
         errors.append("train: a preset or a config_file is required")
+    if tr.enabled and tr.out_dir is None:
+        errors.append("train.out_dir: required when train is enabled")
 
 
 def serve_config_from_dict(data: Any, source: str | None = None) -> ServeConfig:

@@ -285,6 +285,29 @@ def test_two_processes_writing_concurrently(tmp_path):
     assert archive.time_length == 3 * 720
 
 
+def test_threads_of_one_process_exclude_each_other_too(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    store = str(tmp_path / "a.zarr")
+    Archive.create(store, GRID, chunk_px=CHUNK)
+    days = [DAY + np.timedelta64(d, "D") for d in (0, -1, 1, -2)]  # two prepends among them
+    batches = [[day + k * 2 * MIN for k in range(3)] for day in days]
+
+    def write(times):
+        archive = Archive.open(store, mode="r+")  # one per thread, as a Prefect task does
+        for t in times:
+            archive.write(rate_dataset([t]))
+
+    with ThreadPoolExecutor(len(batches)) as pool:
+        list(pool.map(write, batches))
+    archive = Archive.open(store)
+    everything = sorted(t for batch in batches for t in batch)
+    np.testing.assert_array_equal(archive.available_times("precipitation_rate"), everything)
+    got = archive.read("precipitation_rate", everything, 0, 0, 64)[:, :48]  # (12, 48, 64)
+    for k, t in enumerate(everything):
+        assert np.nanmax(np.abs(got[k] - rate_field(t))) <= RATE_TOL, t
+
+
 # ----------------------------------------------------------------------------- failures
 
 

@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 from metnet.checkpoint import load_checkpoint
 from metnet.cli import app
-from metnet.config import preset
+from metnet.config import MetNetConfig, preset
 from metnet.dataset import ArchiveSampler
 from metnet.ema import EMA
 from metnet.nn import MetNet
@@ -44,9 +44,14 @@ VAL_PERIOD = (T0 + 40 * MIN, T0 + 58 * MIN)
 EMA_DECAY = 0.9
 
 
-def tiny(**train_overrides) -> object:
+def tiny(**train_overrides) -> MetNetConfig:
+    """The tiny preset with ``train`` fields replaced."""
     config = preset("tiny")
     return dataclasses.replace(config, train=dataclasses.replace(config.train, **train_overrides))
+
+
+#: The config of the EMA run (and of the runs that resume or compare with it).
+EMA_CONFIG = tiny(ema_decay=EMA_DECAY, warmup_steps=2)
 
 
 def run(config, archive, out: Path, steps: int, **kwargs):
@@ -75,9 +80,10 @@ def archive(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def ema_run(archive, tmp_path_factory):
-    """4 steps with EMA, a checkpoint after every step, validation every 2 steps."""
+    """4 steps with EMA and a 2-step warm-up, a checkpoint after every step, validation every
+    2 steps."""
     out = tmp_path_factory.mktemp("ema_run")
-    return run(tiny(ema_decay=EMA_DECAY), archive, out, 4, checkpoint_every=1)
+    return run(EMA_CONFIG, archive, out, 4, checkpoint_every=1)
 
 
 # ----------------------------------------------------------------------------- pure parts
@@ -178,12 +184,8 @@ def test_metrics_csv_has_columns_and_one_row_per_step(ema_run):
     with open(ema_run.metrics_csv) as f:
         assert f.readline().strip() == ",".join(METRIC_COLUMNS)
     assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
-    config = tiny().train
-    expected_lr = [
-        config.learning_rate * lr_factor(s, warmup_steps=5, total_steps=4, schedule="cosine")
-        for s in range(4)
-    ]
-    np.testing.assert_allclose([float(r["lr"]) for r in rows], expected_lr, rtol=1e-7)
+    # Peak 1e-3, warm-up 2 steps, cosine to 0 at step 4.
+    np.testing.assert_allclose([float(r["lr"]) for r in rows], [5e-4, 1e-3, 1e-3, 5e-4], rtol=1e-7)
     np.testing.assert_allclose(
         [float(r["train_loss"]) for r in rows], ema_run.train_losses, rtol=1e-7
     )
@@ -201,7 +203,7 @@ def test_checkpoint_rebuilds_model_that_reproduces_validation_loss(archive, ema_
     assert ema_run.checkpoint == checkpoint_path(ema_run.checkpoint.parents[1], 4)
     assert latest_checkpoint(ema_run.checkpoint.parents[1]) == ema_run.checkpoint
     ckpt = load_checkpoint(ema_run.checkpoint)
-    assert ckpt.config == tiny(ema_decay=EMA_DECAY)
+    assert ckpt.config == EMA_CONFIG
     assert ckpt.normalization == ema_run.normalization
     assert set(ckpt.extra) >= {"step", "total_steps", "optimizer", "scheduler", "raw_model", "data"}
     assert ckpt.extra["step"] == 4 and ckpt.extra["data"]["periods"]["train"] == [
@@ -221,7 +223,7 @@ def test_checkpoint_rebuilds_model_that_reproduces_validation_loss(archive, ema_
 
 def test_ema_weights_equal_hand_computed_average(ema_run):
     out = ema_run.checkpoint.parents[1]
-    average = MetNet(tiny(ema_decay=EMA_DECAY)).state_dict()  # w0: initial weights from the seed
+    average = MetNet(EMA_CONFIG).state_dict()  # w0: initial weights from the seed
     for step in (1, 2, 3, 4):
         ckpt = load_checkpoint(checkpoint_path(out, step))
         raw = ckpt.extra["raw_model"]
@@ -256,14 +258,14 @@ def test_resume_after_kill_mid_checkpoint_equals_uninterrupted_run(
 
     monkeypatch.setattr(torch, "save", save_then_die)
     with pytest.raises(Killed):
-        run(tiny(ema_decay=EMA_DECAY), archive, out, 4)
+        run(EMA_CONFIG, archive, out, 4)
     monkeypatch.undo()
     # The kill left the step-2 checkpoint and no partial file; the CSV got to step 3.
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_00000002.pt"]
     assert [int(r["step"]) for r in read_metrics(out / "metrics.csv")] == [1, 2, 3]
 
     # A worker process builds the batches now: same items, since they depend on (seed, index).
-    resumed = run(tiny(ema_decay=EMA_DECAY), archive, out, 4, resume=True, workers=1)
+    resumed = run(EMA_CONFIG, archive, out, 4, resume=True, workers=1)
     assert resumed.step == 4 and len(resumed.train_losses) == 2
     # Identical loss history (steps 3 and 4 recomputed, the stale row 3 replaced) ...
     rows, reference = read_metrics(out / "metrics.csv"), read_metrics(ema_run.metrics_csv)
@@ -285,7 +287,7 @@ def test_resume_after_kill_mid_checkpoint_equals_uninterrupted_run(
 
 def test_resume_at_final_step_trains_nothing(archive, ema_run):
     out = ema_run.checkpoint.parents[1]
-    result = run(tiny(ema_decay=EMA_DECAY), archive, out, 4, resume=True, checkpoint_every=1)
+    result = run(EMA_CONFIG, archive, out, 4, resume=True, checkpoint_every=1)
     assert (
         result.step == 4 and result.train_losses == () and result.checkpoint == ema_run.checkpoint
     )
@@ -354,18 +356,24 @@ def test_existing_run_needs_resume_and_the_same_config(archive, ema_run):
     with pytest.raises(
         TrainError, match=r"already holds checkpoints \(latest step_00000004.pt\); pass --resume"
     ):
-        run(tiny(ema_decay=EMA_DECAY), archive, out, 4)
+        run(EMA_CONFIG, archive, out, 4)
     with pytest.raises(
         TrainError,
         match=r"cannot resume from .*step_00000004.pt: the config differs:\n  train.learning_rate: checkpoint 0.001, config 0.002",
     ):
-        run(tiny(ema_decay=EMA_DECAY, learning_rate=2e-3), archive, out, 8, resume=True)
+        run(
+            tiny(ema_decay=EMA_DECAY, warmup_steps=2, learning_rate=2e-3),
+            archive,
+            out,
+            8,
+            resume=True,
+        )
     with pytest.raises(
         TrainError,
         match=r"it trained on periods .*'train': \['2019-06-10T00:00', '2019-06-10T00:36'\]",
     ):
         run(
-            tiny(ema_decay=EMA_DECAY),
+            EMA_CONFIG,
             archive,
             out,
             8,
