@@ -19,9 +19,8 @@ import sys
 
 import torch
 import torch.nn.functional as F
-from torch.utils.flop_counter import FlopCounterMode
-
 from timing import time_call
+from torch.utils.flop_counter import FlopCounterMode
 
 
 def count_flops(model_kwargs: dict, shape: tuple[int, ...], backward: bool) -> int | None:
@@ -86,9 +85,9 @@ def main() -> None:
             predict(lead)
 
     result["tile_looped"] = time_call(tile, 1, warmup=lambda: predict(0))
-    result["tile_flops"] = None
-    if result["batch1"]["forward_flops"] is not None:
-        result["tile_flops"] = request["tile_leads"] * result["batch1"]["forward_flops"]
+    one_lead = result[f"batch{request['batches'][0]}"]["forward_flops"]
+    if one_lead is not None and request["batches"][0] == 1:
+        result["tile_looped_flops"] = request["tile_leads"] * one_lead
     print(json.dumps(result))
 
 

@@ -32,6 +32,7 @@ frame's time and the archive.
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -129,7 +130,14 @@ class OpticalFlow:
         dbr[np.isnan(frames)] = np.nan
         if not np.any(frames >= self.rain_threshold):
             return np.zeros((2,) + frames.shape[1:])  # (2, m, n): no rain to track
-        return self._motion(dbr, verbose=False)  # (2, m, n)
+        with warnings.catch_warnings():
+            # pysteps' outlier test of the tracked vectors warns when too few features
+            # lie near a vector to estimate their covariance (small or nearly dry
+            # windows); it then keeps the vector, which is what we want, so stay quiet.
+            warnings.filterwarnings("ignore", "Singular matrix during outlier detection")
+            warnings.filterwarnings("ignore", "Degrees of freedom <= 0", RuntimeWarning)
+            warnings.filterwarnings("ignore", "(divide by zero|invalid value) encountered", RuntimeWarning)
+            return self._motion(dbr, verbose=False)  # (2, m, n)
 
     def predict(
         self, archive: Archive, t0: np.datetime64, lead_times: Sequence[int], domain: Domain

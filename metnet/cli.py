@@ -347,5 +347,98 @@ def evaluate_command(
         typer.echo(f"  {path}")
 
 
+# ----------------------------------------------------------------------------- Prefect
+# These commands import prefect (through pipelines/) lazily: metnet/ works without it.
+
+
+@app.command("serve")
+def serve_command(
+    config_file: Path = typer.Option(..., "--config", help="Serve YAML file (see pipelines/serve_config.py)."),
+    limit: int | None = typer.Option(None, "--limit", min=1, help="Most flow runs executing at once."),
+) -> None:
+    """Serve the ingest, forecast, backfill, export and train deployments with their
+    schedules, against the Prefect API of PREFECT_API_URL, until interrupted."""
+    from pipelines.deploy import serve
+    from pipelines.serve_config import ServeConfigError, load_serve_config
+
+    try:
+        load_serve_config(config_file)  # report every error before Prefect starts
+    except ServeConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=1) from exc
+    serve(config_file, limit=limit)
+
+
+@app.command("backfill")
+def backfill_command(
+    archive: str = typer.Option(..., "--archive", help="Archive zarr store (path or URL)."),
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="Checkpoint file or training folder."),
+    out: Path = typer.Option(..., "--out", help="Outputs folder: forecasts/ and maps/ go here."),
+    start: str = typer.Option(..., "--start", help="First forecast time (UTC), e.g. 2019-06-10T00:10."),
+    end: str = typer.Option(..., "--end", help="Last forecast time (UTC), inclusive."),
+    every: int = typer.Option(10, "--every", min=1, help="Minutes between forecast times."),
+    chunk_size: int = typer.Option(24, "--chunk-size", min=1, help="Forecast times submitted at once."),
+    max_workers: int = typer.Option(2, "--max-workers", min=1, help="Forecasts running at the same time."),
+    task_runner: str = typer.Option("threads", "--task-runner", help="threads or dask."),
+    dask_address: str | None = typer.Option(None, "--dask-address", help="Existing dask scheduler (default: a LocalCluster)."),
+    formats: str = typer.Option("", "--formats", help="Comma-separated exports per forecast: netcdf, cog, png, gif."),
+    products: str | None = typer.Option(None, "--products", help="Comma-separated exported products (default: all)."),
+    bbox: str | None = typer.Option(None, "--bbox", help=_BBOX_HELP),
+    bbox_lonlat: str | None = typer.Option(None, "--bbox-lonlat", help=_BBOX_LONLAT_HELP),
+    allow_missing: bool = typer.Option(False, "--allow-missing", help="Forecast with missing inputs masked."),
+    batch_tiles: int = typer.Option(4, "--batch-tiles", min=1, help="Tiles per model call."),
+    device: str | None = typer.Option(None, "--device", help="cpu or cuda (default: cpu)."),
+) -> None:
+    """Forecast every --every minutes from --start to --end as a Prefect flow; resumable:
+    running it again does only the times whose outputs are missing."""
+    from pipelines.backfill import backfill_flow
+
+    try:
+        area = _bbox(archive, bbox, bbox_lonlat)
+        state = backfill_flow(
+            archive, str(checkpoint), str(out), start, end, interval_minutes=every,
+            chunk_size=chunk_size, max_workers=max_workers, task_runner=task_runner,
+            dask_address=dask_address, formats=_comma_list(formats) or [],
+            products=_comma_list(products), bbox=area, allow_missing=allow_missing,
+            batch_tiles=batch_tiles, device=device, return_state=True,
+        )  # fmt: skip
+    except ValueError as exc:  # bad times, box or task runner
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=1) from exc
+    result = state.result(raise_on_failure=False)
+    if isinstance(result, BaseException):
+        typer.echo(f"error: {result}", err=True)
+        raise typer.Exit(code=1)
+    typer.echo(
+        f"backfill: {len(result['computed'])} computed, {len(result['already_done'])} already done, "
+        f"{len(result['missing_inputs'])} with missing inputs, of {len(result['times'])} times"
+    )
+    for t, missing in result["missing_inputs"].items():
+        typer.echo(f"  {t}: missing {'; '.join(missing)}")
+
+
+@app.command("demo")
+def demo_command(
+    root: Path = typer.Option(Path("data"), "--root", help="Folder for archive/, checkpoints/ and outputs/."),
+    mrms_dir: Path | None = typer.Option(None, "--mrms-dir", help="Real MRMS PrecipRate GRIB2 files instead of synthetic data."),
+    steps: int = typer.Option(60, "--steps", min=1, help="Training steps of the tiny model."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Seed of the synthetic weather."),
+) -> None:
+    """Run the whole system once: ingest, train, forecast, export (through Prefect flows)."""
+    import time
+
+    from pipelines.demo import demo_flow, format_summary
+
+    began = time.perf_counter()
+    state = demo_flow(
+        str(root), None if mrms_dir is None else str(mrms_dir), steps, seed, return_state=True
+    )
+    result = state.result(raise_on_failure=False)
+    if isinstance(result, BaseException):
+        typer.echo(f"error: the demo failed: {result}", err=True)
+        raise typer.Exit(code=1)
+    typer.echo(format_summary(result, time.perf_counter() - began))
+
+
 if __name__ == "__main__":
     app()

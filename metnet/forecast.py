@@ -66,8 +66,8 @@ log = logging.getLogger(__name__)
 
 #: Tiles per model call by default.
 DEFAULT_BATCH_TILES = 4
-#: Lead times per sample that go through the network at once by default (bounds the
-#: activations: the small model needs about 0.7 GB per tile for 32 lead times).
+#: Lead times per sample that go through the network at once by default: bounds the
+#: activations inside the model (the logits of all lead times are kept either way).
 DEFAULT_LEAD_CHUNK = 32
 #: Target size of one (uncompressed) chunk of the store along ``lead_time``, bytes.
 CHUNK_BYTES = 8 * 2**20
@@ -405,9 +405,9 @@ def forecast(
         ForecastError: a checkpoint that does not fit the archive, missing inputs, a box
             outside the grid, lead times the model does not predict, an existing ``out``.
     """
-    out = Path(out)
     if "://" in str(out):
         raise ForecastError(f"out {out}: the forecast store must be a local path")
+    out = Path(out)
     if out.exists() and not overwrite:
         raise ForecastError(f"{out} already exists (pass overwrite / --overwrite to replace it)")
     archive, ckpt, name = open_inputs(archive, checkpoint, device)

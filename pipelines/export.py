@@ -60,6 +60,14 @@ def exports_complete(
     return all((Path(out_dir) / name).exists() for names in data["files"].values() for name in names)
 
 
+def manifest_files(out_dir: str | Path) -> dict[str, list[str]]:
+    """The files per format listed by the manifest in ``out_dir`` (``{}`` without one)."""
+    try:
+        return json.loads((Path(out_dir) / MANIFEST).read_text())["files"]
+    except (OSError, ValueError, KeyError):
+        return {}
+
+
 def write_exports(
     forecast: str | Path,
     out_dir: str | Path,

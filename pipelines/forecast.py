@@ -39,7 +39,7 @@ from metnet.checkpoint import Checkpoint, load_checkpoint
 from metnet.forecast import DEFAULT_BATCH_TILES, forecast
 from metnet.train import latest_checkpoint
 from pipelines.common import iso, parse_time, stamp
-from pipelines.export import exports_complete, write_exports
+from pipelines.export import exports_complete, manifest_files, write_exports
 from pipelines.train import LATEST
 
 #: Export formats written by default after a forecast.
@@ -146,7 +146,7 @@ def run_forecast(
         not overwrite and exports_complete(maps, formats, export_lead_times, products, path)
     )
     if have_forecast and have_maps:
-        return {**result, "status": "already done"}
+        return {**result, "status": "already done", "files": manifest_files(maps) if formats else {}}
     if not have_forecast:
         store = Archive.open(archive)
         ckpt = load(checkpoint, device)

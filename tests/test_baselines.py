@@ -95,7 +95,7 @@ def test_persistence_is_the_last_frame_at_every_lead_time(archive):
     assert rate.shape == (3, 24, 40) and rate.dtype == np.float32
     for lead in rate:
         np.testing.assert_array_equal(lead, last)
-    assert (last > 0).mean() > 0.05, "the test field should rain somewhere"
+    assert (last > 0).any(), "the test field should rain somewhere"
 
 
 def test_baselines_name_the_missing_radar_frame(archive):

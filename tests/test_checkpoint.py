@@ -132,7 +132,9 @@ def rewrite(path: Path, **changes) -> None:
 
 def test_missing_key(saved):
     rewrite(saved, normalization=None)
-    with pytest.raises(CheckpointError, match=rf"^{saved}: checkpoint is missing key\(s\) normalization"):
+    with pytest.raises(
+        CheckpointError, match=rf"^{saved}: checkpoint is missing key\(s\) normalization"
+    ):
         load_checkpoint(saved)
 
 
@@ -145,7 +147,9 @@ def test_not_a_metnet_checkpoint(tmp_path):
 
 def test_newer_format_version(saved):
     rewrite(saved, format_version=FORMAT_VERSION + 1)
-    with pytest.raises(CheckpointError, match=rf"format version {FORMAT_VERSION + 1} is not supported"):
+    with pytest.raises(
+        CheckpointError, match=rf"format version {FORMAT_VERSION + 1} is not supported"
+    ):
         load_checkpoint(saved)
 
 
@@ -174,7 +178,9 @@ def test_invalid_config_in_file(saved, tiny):
     config = tiny.to_dict()
     config["model"]["attention_head"] = 2
     rewrite(saved, config=config)
-    with pytest.raises(CheckpointError, match=rf"(?s)in {saved} \(config\):.*model.attention_head: unknown key"):
+    with pytest.raises(
+        CheckpointError, match=rf"(?s)in {saved} \(config\):.*model.attention_head: unknown key"
+    ):
         load_checkpoint(saved)
 
 
@@ -188,10 +194,15 @@ def test_save_rejects_config_of_another_model(tmp_path, tiny):
 def test_save_rejects_non_plain_extra(tmp_path, tiny):
     path = tmp_path / "model.pt"
     with pytest.raises(CheckpointError, match=r"extra\['history'\]\[1\] is a ndarray"):
-        save_checkpoint(path, MetNet(tiny), tiny, NORMALIZATION, extra={"history": [1.0, np.ones(2)]})
+        save_checkpoint(
+            path, MetNet(tiny), tiny, NORMALIZATION, extra={"history": [1.0, np.ones(2)]}
+        )
     assert list(tmp_path.iterdir()) == []
 
 
 def test_save_rejects_bad_normalization(tmp_path, tiny):
-    with pytest.raises(CheckpointError, match=r"normalization\['abi_c13'\] must be a dict with keys 'mean' and 'std'"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"normalization\['abi_c13'\] must be a dict with keys 'mean' and 'std'",
+    ):
         save_checkpoint(tmp_path / "m.pt", MetNet(tiny), tiny, {"abi_c13": {"mean": 1.0}})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import resource
 import time
 
@@ -24,7 +25,7 @@ def expected_forward_flops(config: MetNetConfig, leads: int = 1) -> int:
     shared = 2 * frames * size**2 * t.num_input_channels * c[0] * k2  # first conv, input part
     k = m.kernel_size  # first conv, one-hot part: two matrix products with the border mask
     per_lead = 2 * c[0] * k * k * size + 2 * c[0] * k * size * size
-    per_lead += 2 * frames * (size // 2) ** 2 * k2 * sum(a * b for a, b in zip(c[:-1], c[1:]))
+    per_lead += 2 * frames * (size // 2) ** 2 * k2 * sum(a * b for a, b in itertools.pairwise(c))
     side = size // 4
     cells, h, d = side**2, m.convlstm_channels, m.attention_channels
     per_lead += 2 * frames * cells * kl2 * c[-1] * 4 * h  # ConvLSTM input gates, all frames
@@ -120,8 +121,14 @@ def test_info_defaults_to_paper():
     [
         (["--preset", "huge"], "error: unknown preset 'huge'; valid presets: paper, small, tiny"),
         (["--preset", "tiny", "--config", "x.yaml"], "error: give either --preset or --config"),
-        (["--config", "{missing}"], "error: invalid configuration in {missing}:\n  cannot read file"),
-        (["--config", "{bad}"], "error: invalid configuration in {bad}:\n  model.heads: unknown key"),
+        (
+            ["--config", "{missing}"],
+            "error: invalid configuration in {missing}:\n  cannot read file",
+        ),
+        (
+            ["--config", "{bad}"],
+            "error: invalid configuration in {bad}:\n  model.heads: unknown key",
+        ),
     ],
     ids=["unknown-preset", "both", "missing-file", "unknown-key"],
 )

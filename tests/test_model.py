@@ -51,7 +51,9 @@ def naive_forward(model: MetNet, x: torch.Tensor, lead_times: torch.Tensor) -> t
     for lead in lead_times.unbind(1):  # (B,)
         index = torch.tensor([task.lead_times.index(int(v)) for v in lead])  # (B,)
         onehot = F.one_hot(index, task.num_lead_times).float()  # (B, NL)
-        tiled = onehot[:, None, :, None, None].expand(-1, frames, -1, size, size)  # (B, T, NL, S, S)
+        tiled = onehot[:, None, :, None, None].expand(
+            -1, frames, -1, size, size
+        )  # (B, T, NL, S, S)
         stacked = torch.cat([x, tiled], dim=2).flatten(0, 1)  # (B*T, C+NL, S, S)
         h = F.relu(conv(stacked))  # (B*T, C0, S, S)
         h = model.downsampler.body(h).unflatten(0, (batch, frames))  # (B, T, Cd, S/4, S/4)
@@ -111,7 +113,9 @@ def test_batched_lead_times_equal_one_at_a_time(tiny, tiny_model):
         for leads in (all_leads, mixed):
             batched = tiny_model(x, leads)  # (B, L, bins, P, P)
             chunked = tiny_model(x, leads, lead_chunk=2)
-            single = torch.cat([tiny_model(x, leads[:, i : i + 1]) for i in range(leads.shape[1])], 1)
+            single = torch.cat(
+                [tiny_model(x, leads[:, i : i + 1]) for i in range(leads.shape[1])], 1
+            )
             torch.testing.assert_close(batched, single, rtol=1e-5, atol=1e-5)
             torch.testing.assert_close(chunked, single, rtol=1e-5, atol=1e-5)
 
@@ -167,7 +171,9 @@ def test_convlstm_matches_reference_cell():
     torch.manual_seed(0)
     lstm = ConvLSTM(3, 5, 3)
     x = torch.randn(2, 4, 3, 6, 6)  # (N, T, C, H, W)
-    weight = torch.cat([lstm.input_conv.weight, lstm.hidden_conv.weight], dim=1)  # (4Ch, C+Ch, 3, 3)
+    weight = torch.cat(
+        [lstm.input_conv.weight, lstm.hidden_conv.weight], dim=1
+    )  # (4Ch, C+Ch, 3, 3)
     h = c = torch.zeros(2, 5, 6, 6)
     for t in range(4):
         gates = F.conv2d(torch.cat([x[:, t], h], 1), weight, lstm.input_conv.bias, padding=1)
@@ -227,7 +233,9 @@ def test_sinusoidal_encoding_values():
 
 def test_positional_encoding_registry_is_case_insensitive():
     assert get_positional_encoding("Sinusoidal", 2, 2, 4)(torch.zeros(1, 2, 2, 4)).abs().sum() > 0
-    with pytest.raises(ValueError, match="unknown positional encoding 'rope'; valid names: learned, sinusoidal"):
+    with pytest.raises(
+        ValueError, match="unknown positional encoding 'rope'; valid names: learned, sinusoidal"
+    ):
         get_positional_encoding("rope", 2, 2, 4)
 
 
@@ -249,7 +257,9 @@ def test_head_uses_only_target_cells_and_pixel_shuffle_order():
 
 def test_lead_time_indices():
     task = preset("paper").task
-    torch.testing.assert_close(lead_time_indices(torch.tensor([2, 4, 480]), task), torch.tensor([0, 1, 239]))
+    torch.testing.assert_close(
+        lead_time_indices(torch.tensor([2, 4, 480]), task), torch.tensor([0, 1, 239])
+    )
 
 
 def test_meta_device_builds_paper_model_without_storage():
@@ -292,5 +302,7 @@ def test_input_errors(tiny, tiny_model, make, message):
 
 @pytest.mark.parametrize("chunk", [0, -1, 1.5, True])
 def test_bad_lead_chunk(tiny, tiny_model, chunk):
-    with pytest.raises(ValueError, match=f"lead_chunk must be a positive integer or None, got {chunk!r}"):
+    with pytest.raises(
+        ValueError, match=f"lead_chunk must be a positive integer or None, got {chunk!r}"
+    ):
         tiny_model(inputs(tiny), torch.tensor([[2], [4]]), lead_chunk=chunk)

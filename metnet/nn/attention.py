@@ -115,7 +115,9 @@ class AxialSelfAttention(nn.Module):
 class AxialBlock(nn.Module):
     """Pre-norm residual block: axial attention, then an optional GELU feed-forward."""
 
-    def __init__(self, channels: int, heads: int, axis: int, feedforward_ratio: float, dropout: float):
+    def __init__(
+        self, channels: int, heads: int, axis: int, feedforward_ratio: float, dropout: float
+    ):
         super().__init__()
         self.attn_norm = nn.LayerNorm(channels)
         self.attn = AxialSelfAttention(channels, heads, axis, dropout)

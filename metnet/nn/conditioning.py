@@ -9,9 +9,9 @@ channels. That convolution is linear in its input, hence
 where ``W_x`` / ``W_lead`` are the weight slices over the frame and one-hot channels and
 ``ones`` is a single all-ones map (the only non-zero channel of the tiled one-hot).
 :class:`LeadConditionedConv` computes the frame term once per sample and the lead term
-once per requested lead, which is exact including the zero-padding border (the ones map
-is convolved with the same padding), and lets many lead times share one pass over the
-inputs.
+once per requested lead, which is exact including the zero-padding border (where the
+kernel overhangs the image the lead term is smaller), and lets many lead times share one
+pass over the inputs.
 """
 
 from __future__ import annotations

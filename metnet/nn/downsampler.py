@@ -10,6 +10,8 @@ are already normalised by the dataset.
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -26,7 +28,7 @@ class Downsampler(nn.Module):
         super().__init__()
         self.input_conv = LeadConditionedConv(in_channels, num_leads, channels[0], kernel_size)
         layers: list[nn.Module] = [nn.MaxPool2d(2)]
-        for c_in, c_out in zip(channels[:-1], channels[1:]):
+        for c_in, c_out in itertools.pairwise(channels):
             layers += [nn.Conv2d(c_in, c_out, kernel_size, padding=kernel_size // 2), nn.ReLU()]
         layers.append(nn.MaxPool2d(2))
         self.body = nn.Sequential(*layers)

@@ -94,22 +94,32 @@ def format_summary(config: MetNetConfig, summary: ModelSummary) -> str:
     lines = ["parameters:"]
     for label, count in summary.parameters.items():
         lines.append(f"  {label:<18} {count:>14,d}  ({count / 1e6:8.2f} M)")
+    m_ch = m.attention_channels
     lines += [
         "FLOPs of one forward pass, one sample (multiply-add = 2):",
         f"  one lead time                      {_flops(summary.flops_per_lead)}",
-        f"  each extra lead time in that call  {_flops(summary.flops_per_extra_lead)}"
-        "  (the first conv's input term is shared)",
+        (
+            f"  each extra lead time in that call  {_flops(summary.flops_per_extra_lead)}"
+            "  (the first conv's input term is shared)"
+        ),
         f"  {f'all {task.num_lead_times} lead times of one tile':<34} {_flops(per_tile)}",
         "",
-        f"paper (Sønderby et al. 2020): ~{PAPER_PARAMETERS / 1e6:.0f} M parameters; "
-        f"this config: {total / 1e6:.1f} M.",
+        (
+            f"paper (Sønderby et al. 2020): ~{PAPER_PARAMETERS / 1e6:.0f} M parameters; "
+            f"this config: {total / 1e6:.1f} M."
+        ),
         "  The paper gives no per-layer breakdown. Most weights are in the attention blocks",
-        f"  (q, k, v, output: 4 x {m.attention_channels}^2 per block x {m.attention_blocks} "
-        f"blocks) and in the head ({m.attention_channels} -> {task.num_bins} bins x 16 "
-        "sub-pixels).",
-        f"  With model.feedforward_ratio = {m.feedforward_ratio:g} the blocks have {feedforward};"
-        f" with feedforward_ratio = 1",
-        f"  (2 x {m.attention_channels}^2 more per block) the total would be "
-        f"{summary.parameters_with_feedforward / 1e6:.1f} M.",
+        (
+            f"  (q, k, v, output: 4 x {m_ch}^2 per block x {m.attention_blocks} blocks) and in "
+            f"the head ({m_ch} -> {task.num_bins} bins x 16 sub-pixels)."
+        ),
+        (
+            f"  With model.feedforward_ratio = {m.feedforward_ratio:g} the blocks have "
+            f"{feedforward}; with feedforward_ratio = 1"
+        ),
+        (
+            f"  (2 x {m_ch}^2 more per block) the total would be "
+            f"{summary.parameters_with_feedforward / 1e6:.1f} M."
+        ),
     ]
     return "\n".join(lines)
