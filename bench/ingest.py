@@ -122,6 +122,7 @@ def parallel(files: list[Path], work: Path, rounds: int) -> dict:
     from metnet.config import GridConfig
     from metnet.sources import get_source
 
+    logging.getLogger("distributed").setLevel(logging.ERROR)
     cache = str(work / "regrid")
     source = get_source("mrms")
     first, last = source.time_of(str(files[0])), source.time_of(str(files[-1]))

@@ -154,6 +154,8 @@ def _read(path: Path, map_location: str | torch.device) -> dict[str, Any]:
 
 def _check_weights(path: Path, state: dict[str, torch.Tensor], expected: dict[str, Any]) -> None:
     """Raise naming the first missing, unexpected or wrongly shaped parameter."""
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path}: state_dict is not a dict of tensors")
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     if missing or unexpected:

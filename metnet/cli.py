@@ -351,6 +351,16 @@ def evaluate_command(
 # These commands import prefect (through pipelines/) lazily: metnet/ works without it.
 
 
+def _prefect_defaults() -> None:
+    """Settings for running flows from the command line, unless the user set them: no
+    telemetry, and time for a first ephemeral Prefect API to migrate its database on a
+    slow machine (Prefect's default, 20 s, is too short on two busy cores). Call before
+    importing prefect."""
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "300")
+
+
 @app.command("serve")
 def serve_command(
     config_file: Path = typer.Option(..., "--config", help="Serve YAML file (see pipelines/serve_config.py)."),
@@ -358,6 +368,7 @@ def serve_command(
 ) -> None:
     """Serve the ingest, forecast, backfill, export and train deployments with their
     schedules, against the Prefect API of PREFECT_API_URL, until interrupted."""
+    _prefect_defaults()
     from pipelines.deploy import serve
     from pipelines.serve_config import ServeConfigError, load_serve_config
 
@@ -391,6 +402,7 @@ def backfill_command(
 ) -> None:
     """Forecast every --every minutes from --start to --end as a Prefect flow; resumable:
     running it again does only the times whose outputs are missing."""
+    _prefect_defaults()
     from pipelines.backfill import backfill_flow
 
     try:
@@ -427,6 +439,7 @@ def demo_command(
     """Run the whole system once: ingest, train, forecast, export (through Prefect flows)."""
     import time
 
+    _prefect_defaults()
     from pipelines.demo import demo_flow, format_summary
 
     began = time.perf_counter()

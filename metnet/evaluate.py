@@ -123,6 +123,11 @@ class _BaselineSums:
     """``(R, L)``."""
     brier: verify.BrierSums | int = 0
 
+    def add(self, rate: np.ndarray, exceed: np.ndarray, observed: np.ndarray, thresholds: np.ndarray) -> None:
+        """Add one forecast: ``rate`` ``(L, y, x)`` mm/h, its 0/1 exceedance ``(R, L, y, x)``."""
+        self.counts += verify.contingency(rate, observed, thresholds, axis=(1, 2))
+        self.brier += verify.brier_sums(exceed, observed, thresholds, axis=(1, 2))
+
 
 @dataclass
 class Evaluation:
@@ -334,9 +339,8 @@ def evaluate(
                 advance()
                 continue
             runner.add_model(model, t0, observed)
-            for n, (rate, prob) in zip(names, fields):
-                base[n].counts += verify.contingency(rate, observed, thr, axis=(1, 2))
-                base[n].brier += verify.brier_sums(prob, observed, thr, axis=(1, 2))
+            for n, (rate, exceed) in zip(names, fields):
+                base[n].add(rate, exceed, observed, thr)
             evaluated.append(t0)
             advance()
     if not evaluated:

@@ -2,7 +2,7 @@
 
 One command (``make experiment``)::
 
-    python scripts/real_data_experiment.py [--steps 40] [--eval-km 128] [--every 4] [--out data/runs/real_mrms]
+    python scripts/real_data_experiment.py [--steps 100] [--eval-km 128] [--every 4] [--out data/runs/real_mrms]
 
 1. **Ingest** the 25 MRMS PrecipRate files of 2019-06-10 00:00-00:48 UTC
    (``../shared/data/mrms/2019/06/10``) into ``OUT/archive.zarr`` on the grid of
@@ -52,7 +52,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder with the MRMS GRIB2 files")
     parser.add_argument("--config", type=Path, default=ROOT / "configs" / "real_mrms.yaml")
     parser.add_argument("--out", type=Path, default=ROOT / "data" / "runs" / "real_mrms")
-    parser.add_argument("--steps", type=int, default=40, help="optimiser steps of 8 examples")
+    parser.add_argument("--steps", type=int, default=100, help="optimiser steps of 8 examples")
     parser.add_argument("--eval-km", type=int, default=128, help="side of the central evaluation square, km")
     parser.add_argument("--every", type=int, default=4, help="minutes between test forecast times")
     parser.add_argument("--batch-tiles", type=int, default=4)

@@ -7,6 +7,7 @@ import multiprocessing
 import os
 import pickle
 import re
+import shutil
 import uuid
 from pathlib import Path
 
@@ -407,6 +408,12 @@ def test_missing_inputs_names_each_missing_variable_and_time(archive):
     ]
     # The forecast time goes to its nearest slot like any other time.
     assert archive.missing_inputs(t0 + np.timedelta64(50, "s"), task) == archive.missing_inputs(t0, task)
+    # Only the index is read: without any data chunk the answers are the same.
+    before = archive.missing_inputs(t0, task), archive.available_times("abi_c13")
+    for chunks in Path(archive.store).glob("level*/*/c"):
+        shutil.rmtree(chunks)
+    after = archive.missing_inputs(t0, task), archive.available_times("abi_c13")
+    assert after[0] == before[0] and np.array_equal(after[1], before[1])
 
 
 def test_satellite_age_limit_is_inclusive(archive):

@@ -174,6 +174,12 @@ def test_config_weights_missing_parameters(saved, tiny):
         load_checkpoint(saved)
 
 
+def test_state_dict_not_tensors(saved):
+    rewrite(saved, state_dict={"downsampler.input_conv.conv.weight": [1.0, 2.0]})
+    with pytest.raises(CheckpointError, match=rf"^{saved}: state_dict is not a dict of tensors"):
+        load_checkpoint(saved)
+
+
 def test_invalid_config_in_file(saved, tiny):
     config = tiny.to_dict()
     config["model"]["attention_head"] = 2
