@@ -102,6 +102,14 @@ def test_scan_start_from_the_file_name():
         scan_start("/data/radar.nc")
 
 
+def test_variables_of_names_the_bands_without_reading_the_file():
+    source = GOESSource(bands=(8, 13))
+    assert source.variables_of(abi_file_name(START, 13)) == ("abi_c13",)
+    assert source.variables_of(abi_file_name(START)) == ("abi_c08", "abi_c13")
+    with pytest.raises(SourceError, match="radar.nc: not a GOES ABI"):
+        source.variables_of("/data/radar.nc")
+
+
 def test_registry_and_band_validation():
     source = get_source("GOES", bands=(13,))
     assert isinstance(source, GOESSource) and isinstance(source, Source)

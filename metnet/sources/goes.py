@@ -271,6 +271,15 @@ class GOESSource:
         """Scan start from the file name (no data read)."""
         return scan_start(path)
 
+    def variables_of(self, path: str) -> tuple[str, ...]:
+        """Variables ``path`` yields, from its name alone (lets ingest skip known files):
+        the file's band for CMIP, the selected bands for MCMIP."""
+        match = _FILE_NAME.search(PurePosixPath(path).name)
+        if match is None:
+            raise SourceError(f"{path}: not a GOES ABI L2 CMIP/MCMIP file name")
+        bands = self.bands if match["band"] is None else (int(match["band"]),)
+        return tuple(band_variable(b) for b in bands)
+
     def _wanted(self, name: str) -> bool:
         match = _FILE_NAME.fullmatch(name)
         return match is not None and (match["band"] is None or int(match["band"]) in self.bands)
