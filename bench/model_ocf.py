@@ -1,25 +1,29 @@
-"""Times the openclimatefix ``metnet`` package (PyPI) for ``bench/model.py``.
+"""Timing worker for the openclimatefix ``metnet`` package (PyPI), driven by ``bench/model.py``.
 
 Runs in its own venv (``.venv-ocf``) because that package is also imported as
-``metnet``. Reads a JSON request from argv[1] and prints a JSON result on the last line
-of stdout: seconds per call for forward (one lead time) and forward + backward at each
-batch size, and for all lead times of one tile, one call per lead time (its
-``forward(imgs, lead_time)`` takes a single lead time). FLOPs are counted on the meta
-device when the package allows it (``null`` otherwise).
+``metnet``. Started with a JSON request in argv[1] (keys: ``threads``, ``batches``,
+``model`` = keyword arguments of ``metnet.MetNet``, ``raw_channels`` and ``raw_size`` =
+its input before its own preprocessor, ``frames``, ``tile_leads``), it builds the model,
+prints one JSON line (torch version, parameter count, FLOPs per operation counted on the
+meta device or ``null`` where the package does not run there), then answers one JSON
+line per command read from stdin:
 
-Request keys: ``threads``, ``repeats``, ``batches``, ``model`` (keyword arguments of
-``metnet.MetNet``), ``raw_channels`` and ``raw_size`` (its input before its own
-preprocessor), ``frames``, ``tile_leads``.
+- ``{"op": "forward" | "forward_backward", "batch": B}``: one timed call, one lead time;
+- ``{"op": "tile"}``: all ``tile_leads`` lead times of one sample, one call per lead time
+  (its ``forward(imgs, lead_time)`` takes a single lead time);
+
+with ``{"seconds": s}``, the time inside this process. EOF ends it. The driver
+interleaves these commands with its own timings so both models see the same load.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+import time
 
 import torch
 import torch.nn.functional as F
-from timing import time_call
 from torch.utils.flop_counter import FlopCounterMode
 
 
@@ -47,48 +51,45 @@ def main() -> None:
     torch.set_num_threads(request["threads"])
     torch.manual_seed(0)
     model = metnet.MetNet(**request["model"])
-    repeats, frames = request["repeats"], request["frames"]
-    channels, size = request["raw_channels"], request["raw_size"]
-    result = {
-        "torch": torch.__version__,
-        "parameters": sum(p.numel() for p in model.parameters()),
-    }
-    for batch in request["batches"]:
-        shape = (batch, frames, channels, size, size)
-        x = torch.randn(shape)  # (B, T, C, H, W)
+    frames, channels, size = request["frames"], request["raw_channels"], request["raw_size"]
+    inputs = {b: torch.randn(b, frames, channels, size, size) for b in request["batches"]}
 
-        def forward(x=x) -> None:
-            with torch.inference_mode():
-                model.eval()(x, 7)
-
-        def train_step(x=x) -> None:
-            model.train().zero_grad(set_to_none=True)
-            logits = model(x, 7)  # (B, bins, h, w)
-            target = torch.zeros(logits.shape[0], *logits.shape[2:], dtype=torch.long)
-            F.cross_entropy(logits, target).backward()
-
-        result[f"batch{batch}"] = {
-            "forward": time_call(forward, repeats),
-            "forward_backward": time_call(train_step, repeats),
-            "forward_flops": count_flops(request["model"], shape, backward=False),
-            "forward_backward_flops": count_flops(request["model"], shape, backward=True),
-        }
-
-    x = torch.randn(1, frames, channels, size, size)  # (1, T, C, H, W)
-
-    def predict(lead: int) -> None:
+    def forward(batch: int, lead: int = 7) -> None:
         with torch.inference_mode():
-            model.eval()(x, lead)
+            model.eval()(inputs[batch], lead)
+
+    def forward_backward(batch: int) -> None:
+        model.train().zero_grad(set_to_none=True)
+        logits = model(inputs[batch], 7)  # (B, bins, h, w)
+        target = torch.zeros(logits.shape[0], *logits.shape[2:], dtype=torch.long)
+        F.cross_entropy(logits, target).backward()
 
     def tile() -> None:
         for lead in range(request["tile_leads"]):
-            predict(lead)
+            forward(1, lead)
 
-    result["tile_looped"] = time_call(tile, 1, warmup=lambda: predict(0))
-    one_lead = result[f"batch{request['batches'][0]}"]["forward_flops"]
-    if one_lead is not None and request["batches"][0] == 1:
-        result["tile_looped_flops"] = request["tile_leads"] * one_lead
-    print(json.dumps(result))
+    flops = {}
+    for b in request["batches"]:
+        shape = (b, frames, channels, size, size)
+        flops[f"forward/b{b}"] = count_flops(request["model"], shape, backward=False)
+        flops[f"forward_backward/b{b}"] = count_flops(request["model"], shape, backward=True)
+    if flops.get("forward/b1") is not None:
+        flops["tile"] = request["tile_leads"] * flops["forward/b1"]
+    info = {
+        "torch": torch.__version__,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "flops": flops,
+    }
+    print(json.dumps(info), flush=True)
+    ops = {"forward": forward, "forward_backward": forward_backward}
+    for line in sys.stdin:
+        command = json.loads(line)
+        start = time.perf_counter()
+        if command["op"] == "tile":
+            tile()
+        else:
+            ops[command["op"]](command["batch"])
+        print(json.dumps({"seconds": time.perf_counter() - start}), flush=True)
 
 
 if __name__ == "__main__":

@@ -433,7 +433,7 @@ def backfill_command(
 def demo_command(
     root: Path = typer.Option(Path("data"), "--root", help="Folder for archive/, checkpoints/ and outputs/."),
     mrms_dir: Path | None = typer.Option(None, "--mrms-dir", help="Real MRMS PrecipRate GRIB2 files instead of synthetic data."),
-    steps: int = typer.Option(60, "--steps", min=1, help="Training steps of the tiny model."),
+    steps: int = typer.Option(100, "--steps", min=1, help="Training steps of the tiny model."),
     seed: int = typer.Option(0, "--seed", min=0, help="Seed of the synthetic weather."),
 ) -> None:
     """Run the whole system once: ingest, train, forecast, export (through Prefect flows)."""

@@ -486,7 +486,7 @@ def plot_reliability(sums: verify.ReliabilitySums, path: str | Path, min_count: 
     for r, t in enumerate(pooled.thresholds):
         ax = axes[0, r]
         counts = ax.twinx()
-        counts.bar(edges[:-1], np.maximum(pooled.count[r], 0.5), width=np.diff(edges), align="edge",
+        counts.bar(edges[:-1], np.where(pooled.count[r] > 0, pooled.count[r], np.nan), width=np.diff(edges), align="edge",
                    color="0.85", log=True)  # fmt: skip
         counts.set_ylabel("forecasts per bin")
         ax.set_zorder(counts.get_zorder() + 1)

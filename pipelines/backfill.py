@@ -127,7 +127,7 @@ def _run_chunks(
             forecast_task.submit(
                 archive, checkpoint, outputs, t, formats, None, export_lead_times, products,
                 bbox, allow_missing, False, batch_tiles, device,
-            )  # fmt: skip
+            )
             for t in chunk
         ]
         for t, future in zip(chunk, futures):

@@ -67,7 +67,7 @@ def build_deployments(config: ServeConfig) -> list[RunnerDeployment]:
                     name=name, cron=ing.cron, parameters=_ingest_parameters(config, ing),
                     concurrency_limit=1, tags=[*_TAGS, "ingest"],
                     description=f"Ingest the newest {ing.source} files into {config.archive}.",
-                )  # fmt: skip
+                )
             )
     fc = config.forecast
     if fc.enabled:
@@ -81,7 +81,7 @@ def build_deployments(config: ServeConfig) -> list[RunnerDeployment]:
                     "allow_missing": fc.allow_missing,
                 },
                 description="Forecast from the latest time with complete inputs and export maps.",
-            )  # fmt: skip
+            )
         )
     bf = config.backfill
     if bf.enabled:
@@ -96,13 +96,13 @@ def build_deployments(config: ServeConfig) -> list[RunnerDeployment]:
                     "formats": list(bf.formats),
                 },
                 description="Forecasts for every time of a period (give start and end); resumable.",
-            )  # fmt: skip
+            )
         )
     deployments.append(
         export_flow.to_deployment(
             name="export", tags=[*_TAGS, "export"],
             description="Export a forecast store (give forecast and out_dir).",
-        )  # fmt: skip
+        )
     )
     tr = config.train
     if tr.enabled:
@@ -114,7 +114,7 @@ def build_deployments(config: ServeConfig) -> list[RunnerDeployment]:
                     "preset": tr.preset, "config_file": tr.config_file,
                 },
                 description=f"Retrain and publish {tr.out_dir}/latest.pt.",
-            )  # fmt: skip
+            )
         )
     return deployments
 

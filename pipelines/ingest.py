@@ -41,7 +41,13 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.tasks import exponential_backoff
 
 from metnet.archive import Archive
-from metnet.ingest import FileResult, IngestSummary, discover, expected_variables, ingest_file
+from metnet.ingest import (
+    FileResult,
+    IngestSummary,
+    discover,
+    expected_variables,
+    ingest_file,
+)
 from metnet.sources import get_source
 from pipelines.common import (
     append_jsonl,
@@ -219,6 +225,22 @@ def _already_ingested(store: Archive, source: Any, files: list[str]) -> set[str]
     return done
 
 
+def _outcome(path: str, future: Any, retries: int) -> tuple[FileResult, dict[str, Any] | None]:
+    """The :class:`FileResult` of a finished ingest task, and its failure record (or None)."""
+    future.wait()
+    outcome = future.state.result(raise_on_failure=False)
+    if isinstance(outcome, FileResult):
+        return outcome, None
+    if isinstance(outcome, IngestFileError):
+        result, transient = outcome.result, outcome.transient
+    else:  # an error outside ingest_file (e.g. the archive vanished): keep its text
+        result = FileResult(path, "failed", reason=f"{type(outcome).__name__}: {outcome}")
+        transient = False
+    reason = result.reason + (f" (still failing after {retries} retries)" if transient else "")
+    failed = FileResult(path, "failed", reason=reason, decoded=result.decoded)
+    return failed, {"path": path, "reason": reason, "transient": transient}
+
+
 @flow(
     name="metnet-ingest",
     task_runner=ThreadPoolTaskRunner(max_workers=INGEST_THREADS),
@@ -287,8 +309,9 @@ def ingest_flow(
         for p in previously_failed
     ]
 
-    if todo:
-        store.reserve(min(source_obj.time_of(p) for p in todo), max(source_obj.time_of(p) for p in todo))
+    if todo:  # grow the time axis once, before the writers fan out
+        times = [source_obj.time_of(p) for p in todo]
+        store.reserve(min(times), max(times))
     summary.static_written = static_task(archive, dem, archive_options)
 
     file_task = ingest_file_task.with_options(retries=retries, retry_delay_seconds=backoff)
@@ -297,19 +320,10 @@ def ingest_flow(
         for path in todo
     ]
     for path, future in zip(todo, futures):
-        future.wait()
-        outcome = future.state.result(raise_on_failure=False)
-        if isinstance(outcome, FileResult):
-            summary.results.append(outcome)
-            continue
-        if isinstance(outcome, IngestFileError):
-            result, transient = outcome.result, outcome.transient
-        else:  # an error outside ingest_file (e.g. the archive vanished): keep its text
-            result = FileResult(path, "failed", reason=f"{type(outcome).__name__}: {outcome}")
-            transient = False
-        reason = result.reason + (f" (still failing after {retries} retries)" if transient else "")
-        summary.results.append(FileResult(path, "failed", reason=reason, decoded=result.decoded))
-        new_failures.append({"path": path, "reason": reason, "transient": transient})
+        result, failure = _outcome(path, future, retries)
+        summary.results.append(result)
+        if failure:
+            new_failures.append(failure)
     summary.seconds = time.perf_counter() - began
 
     if new_failures:

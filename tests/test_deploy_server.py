@@ -118,8 +118,10 @@ def test_served_forecast_deployment_runs_on_request(server, tmp_path):
 
             run = run_deployment(
                 "metnet-forecast/forecast",
-                parameters={"time": "2019-06-10T00:30", "bbox": BBOX, "export_lead_times": [2],
-                            "products": ["rate_mean"]},  # fmt: skip
+                parameters={
+                    "time": "2019-06-10T00:30", "bbox": BBOX, "export_lead_times": [2],
+                    "products": ["rate_mean"],
+                },
                 timeout=400,
             )
             assert run.state.is_completed(), run.state

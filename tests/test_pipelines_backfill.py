@@ -13,8 +13,8 @@ import time
 import numpy as np
 import pytest
 
-from pipelines.common import stamp
 from pipelines.backfill import backfill_flow, forecast_times, make_task_runner
+from pipelines.common import stamp
 from pipelines.forecast import OutputLayout
 from tests.archive_fixtures import default_times, make_archive
 from tests.pipeline_fixtures import forecast_values, make_checkpoint
@@ -107,7 +107,7 @@ def test_resume_after_kill_does_only_the_missing_times(inputs, tmp_path, prefect
 
 def test_dask_runner_gives_the_thread_runner_outputs(inputs, tmp_path, prefect_api):
     archive, ckpt = inputs
-    common = dict(interval_minutes=6, chunk_size=2, max_workers=1, bbox=BBOX)
+    common = {"interval_minutes": 6, "chunk_size": 2, "max_workers": 1, "bbox": BBOX}
     start, end = "2019-06-10T00:10", "2019-06-10T00:22"
     threads = backfill_flow(archive.store, str(ckpt), str(tmp_path / "threads"), start, end, **common)
     dask = backfill_flow(

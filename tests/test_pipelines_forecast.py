@@ -10,7 +10,12 @@ from metnet.config import preset
 from metnet.forecast import forecast
 from pipelines.common import iso
 from pipelines.export import MANIFEST, export_flow
-from pipelines.forecast import MissingInputsError, OutputLayout, forecast_flow, resolve_checkpoint
+from pipelines.forecast import (
+    MissingInputsError,
+    OutputLayout,
+    forecast_flow,
+    resolve_checkpoint,
+)
 from tests.archive_fixtures import default_times, make_archive
 from tests.pipeline_fixtures import forecast_values, make_checkpoint
 
@@ -36,9 +41,10 @@ def _mtimes(folder):
 def test_latest_time_forecast_equals_library_and_is_idempotent(inputs, tmp_path):
     archive, ckpt = inputs
     outputs = tmp_path / "out"
-    kwargs = dict(
-        formats=["netcdf", "png"], export_lead_times=[2], products=["rate_mean"], bbox=BBOX
-    )
+    kwargs = {
+        "formats": ["netcdf", "png"], "export_lead_times": [2], "products": ["rate_mean"],
+        "bbox": BBOX,
+    }
     result = forecast_flow(archive.store, str(ckpt), str(outputs), **kwargs)
 
     latest = archive.complete_times(TASK)[-1]

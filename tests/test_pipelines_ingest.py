@@ -43,7 +43,7 @@ class FlakyServer:
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            def do_GET(self) -> None:  # http.server's naming
                 name = self.path.rstrip("/").rsplit("/", 1)[-1]
                 if name == "mrms":
                     body = "".join(f'<a href="{n}">{n}</a>\n' for n in server.files).encode()
@@ -161,7 +161,10 @@ def test_http_ingest_retries_transient_errors_and_logs_permanent_ones(mrms_files
     config = tmp_path / "grid.yaml"
     save_config(demo_config(real_data=True), config)  # a grid where the sample rains
     store = str(tmp_path / "archive.zarr")
-    kwargs = dict(source="mrms", config_file=str(config), retries=2, backoff_seconds=0.1, return_state=True)
+    kwargs = {
+        "source": "mrms", "config_file": str(config), "retries": 2, "backoff_seconds": 0.1,
+        "return_state": True,
+    }
     try:
         state = ingest_flow(store, [server.url], **kwargs)
         result = state.result()
