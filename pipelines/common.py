@@ -45,7 +45,7 @@ def utc_now() -> np.datetime64:
 
 def iso(t: np.datetime64) -> str:
     """``2019-06-10T00:10`` (minutes), for logs, file names' neighbours and messages."""
-    return np.datetime_as_string(np.datetime64(t, "m"), unit="m")
+    return str(np.datetime_as_string(np.datetime64(t, "m"), unit="m"))
 
 
 def stamp(t: np.datetime64) -> str:

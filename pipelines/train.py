@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -42,20 +43,43 @@ def publish(checkpoint: Path, out_dir: Path) -> Path:
     return target
 
 
-def run_periods(archive: str, config: MetNetConfig, run_dir: Path) -> dict[str, list[str]]:
-    """The run's ``train`` and ``validation`` periods (ISO bounds): read from
-    ``run_dir/periods.json``, or chosen now (:func:`metnet.train.resolve_periods`) and
-    saved there."""
+def run_periods(
+    archive: str,
+    config: MetNetConfig,
+    run_dir: Path,
+    train_period: Sequence[str] | None = None,
+    val_period: Sequence[str] | None = None,
+) -> dict[str, list[str]]:
+    """The run's ``train`` and ``validation`` periods (inclusive ISO bounds): those saved
+    in ``run_dir/periods.json`` by an earlier attempt, or else the given ones (a missing
+    one is chosen by :func:`metnet.train.resolve_periods`), saved there now.
+
+    Raises ValueError when given periods differ from the saved ones.
+    """
     saved = run_dir / "periods.json"
     if saved.exists():
-        return json.loads(saved.read_text())
-    periods = resolve_periods(Archive.open(archive), config)
-    chosen = {k: [str(np.datetime64(t, "m")) for t in p] for k, p in periods.items()}
+        chosen = json.loads(saved.read_text())
+        for key, given in (("train", train_period), ("validation", val_period)):
+            if given is not None and [_iso(t) for t in given] != chosen[key]:
+                raise ValueError(
+                    f"{run_dir} started with {key} period {chosen[key]}, not {list(given)}: "
+                    "give another run_name for other periods"
+                )
+        return chosen
+    periods = resolve_periods(
+        Archive.open(archive), config, tuple(train_period or (None, None)),
+        tuple(val_period or (None, None)),
+    )  # fmt: skip
+    chosen = {k: [_iso(t) for t in p] for k, p in periods.items()}
     run_dir.mkdir(parents=True, exist_ok=True)
     tmp = run_dir / ".periods.json.partial"
     tmp.write_text(json.dumps(chosen, indent=1))
     os.replace(tmp, saved)
     return chosen
+
+
+def _iso(t: Any) -> str:
+    return str(np.datetime64(t, "m"))
 
 
 @task(name="train", task_run_name="train {run_dir}", cache_policy=NO_CACHE)
@@ -69,10 +93,12 @@ def train_task(
     val_every: int,
     val_examples: int,
     device: str | None,
+    train_period: list[str] | None = None,
+    val_period: list[str] | None = None,
 ) -> dict[str, Any]:
     """Train (or resume) the run in ``run_dir`` to ``steps`` steps."""
     config = resolve_config(preset, config_file)
-    periods = run_periods(archive, config, Path(run_dir))
+    periods = run_periods(archive, config, Path(run_dir), train_period, val_period)
     result = train(
         config, archive, run_dir, steps, resume=True, checkpoint_every=checkpoint_every,
         val_every=val_every, val_examples=val_examples, device=device, progress=False,
@@ -94,10 +120,16 @@ def train_flow(
     val_every: int = 500,
     val_examples: int = 64,
     device: str | None = None,
+    train_period: list[str] | None = None,
+    val_period: list[str] | None = None,
     publish_checkpoint: bool = True,
 ) -> dict[str, Any]:
     """Train ``steps`` steps of the ``preset`` (or ``config_file``) model on ``archive``
     in ``out_dir/<run_name>`` and publish the result as ``out_dir/latest.pt``.
+
+    ``train_period`` / ``val_period``: inclusive ``[start, end]`` (UTC) of the training
+    and validation examples' inputs and targets; by default the archive is split 80/20
+    (:func:`metnet.train.resolve_periods`). A run keeps the periods it started with.
 
     Returns ``checkpoint`` (the run's last), ``step``, ``val_loss`` (at the last step,
     None if not validated there) and ``published`` (the latest.pt path, or None).
@@ -109,7 +141,7 @@ def train_flow(
     run_dir = Path(out_dir) / name
     result = train_task(
         archive, str(run_dir), steps, preset, config_file, checkpoint_every, val_every,
-        val_examples, device,
+        val_examples, device, train_period, val_period,
     )  # fmt: skip
     result["published"] = None
     if publish_checkpoint:

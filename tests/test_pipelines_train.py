@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from metnet.checkpoint import load_checkpoint
+from metnet.config import preset
 from metnet.sources.synthetic import synthetic_dataset
 from pipelines.forecast import resolve_checkpoint
-from pipelines.train import train_flow
+from pipelines.train import run_periods, train_flow
 from tests.archive_fixtures import T0, make_archive
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
@@ -51,3 +52,21 @@ def test_unknown_preset_fails_the_flow_with_the_valid_names(tmp_path):
     assert "unknown preset 'huge'; valid presets: paper, small, tiny" in str(
         state.result(raise_on_failure=False)
     )
+
+
+def test_a_run_keeps_its_periods(tmp_path):
+    archive = make_archive(tmp_path, times=TIMES)
+    config = preset("tiny")
+    run = tmp_path / "run"
+    chosen = run_periods(
+        archive.store, config, run, ["2019-06-10T00:00", "2019-06-10T00:36"],
+        ["2019-06-10T00:40", "2019-06-10T00:58"],
+    )  # fmt: skip
+    assert chosen == {
+        "train": ["2019-06-10T00:00", "2019-06-10T00:36"],
+        "validation": ["2019-06-10T00:40", "2019-06-10T00:58"],
+    }
+    assert run_periods(archive.store, config, run) == chosen  # read back, not recomputed
+    with pytest.raises(ValueError, match=r"started with train period \['2019-06-10T00:00', "
+                       r"'2019-06-10T00:36'\], not \['2019-06-10T00:00', '2019-06-10T00:30'\]"):
+        run_periods(archive.store, config, run, ["2019-06-10T00:00", "2019-06-10T00:30"])
