@@ -30,7 +30,7 @@ default: with two OpenMP threads on two shared cores every parallel region waits
 whenever one thread is descheduled, which swamps the comparison.
 
 Prints a table and writes ``bench/results/model.json``.
-Run: ``python bench/model.py [--threads 1] [--rounds 3] [--compile] [--skip-ocf]``.
+Run: ``python bench/model.py [--threads 1] [--rounds 5] [--compile] [--skip-ocf]``.
 """
 
 from __future__ import annotations
@@ -294,7 +294,7 @@ def table(results: dict[str, dict]) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--rounds", type=int, default=3, help="timed rounds per group")
+    parser.add_argument("--rounds", type=int, default=5, help="timed rounds per group")
     parser.add_argument("--tile-rounds", type=int, default=1, help="timed rounds of the tiles")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile")
     parser.add_argument("--skip-ocf", action="store_true", help="skip the openclimatefix model")

@@ -15,9 +15,9 @@ task runner of the inner flow (threads: ``ThreadPoolTaskRunner(max_workers)``; d
 a ``LocalCluster`` of ``max_workers`` single-threaded worker processes, or an existing
 scheduler at ``dask_address``, whose own size then bounds it). ``task_runner``
 selects which; the outputs are the same. To bound forecasts across *several* flow runs
-(e.g. two backfills and the live forecast on one machine), put a Prefect global
-concurrency limit on the deployments instead (``prefect gcl create metnet-forecast
---limit 2``) or a deployment ``concurrency_limit`` (as :mod:`pipelines.deploy` does).
+(e.g. two backfills and the live forecast on one machine), limit the task runs tagged
+:data:`pipelines.forecast.FORECAST_TAG` on the server:
+``prefect concurrency-limit create metnet-forecast 2``.
 
 Times whose inputs are missing are reported (``missing_inputs``) and do not fail the
 run; other failures (a broken checkpoint, a full disk) are reported in ``failed`` and
@@ -37,7 +37,12 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from metnet.forecast import DEFAULT_BATCH_TILES
 from pipelines.common import iso, parse_time
 from pipelines.export import exports_complete
-from pipelines.forecast import MissingInputsError, OutputLayout, forecast_task
+from pipelines.forecast import (
+    MissingInputsError,
+    OutputLayout,
+    forecast_complete,
+    forecast_task,
+)
 from pipelines.serve_config import TASK_RUNNERS
 
 
@@ -71,7 +76,7 @@ def pending_times(
 
     def complete(t: np.datetime64) -> bool:
         path = layout.forecast(t)
-        return path.exists() and (
+        return forecast_complete(path) and (
             not formats or exports_complete(layout.maps(t), formats, export_lead_times, products, path)
         )
 

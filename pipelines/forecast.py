@@ -8,8 +8,10 @@ Outputs of a forecast from ``t0`` live under one ``outputs`` folder
 
 **Completeness comes from the outputs, not from Prefect's state**: a store at the
 forecast path is always a finished forecast (:func:`metnet.forecast.forecast` writes a
-temporary store and renames it), and an export folder is finished when its manifest
-lists the requested selection (:func:`pipelines.export.exports_complete`). So
+temporary store and renames it), and it is *complete* unless it was made with inputs
+missing (its ``missing_inputs`` attribute, see :func:`gaps_of`): such a degraded forecast
+is redone once the archive has every input. An export folder is finished when its
+manifest lists the requested selection (:func:`pipelines.export.exports_complete`). So
 :func:`run_forecast` is idempotent: it skips what exists ("already done"), redoes only
 what a crash left unfinished, and is safe to run again from a schedule, a backfill or
 by hand. Prefect's result cache is deliberately not used: it would claim "done" for
@@ -31,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import zarr
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
@@ -42,6 +45,9 @@ from pipelines.common import iso, parse_time, stamp
 from pipelines.export import exports_complete, manifest_files, write_exports
 from pipelines.train import LATEST
 
+#: Tag of every forecast task run: ``prefect concurrency-limit create metnet-forecast N``
+#: bounds the forecasts running at once across all flow runs (model memory, CPU cores).
+FORECAST_TAG = "metnet-forecast"
 #: Export formats written by default after a forecast.
 DEFAULT_FORMATS: tuple[str, ...] = ("netcdf", "cog", "png")
 
@@ -99,6 +105,18 @@ def load(checkpoint: str | Path, device: str | None = None) -> Checkpoint:
     return _cached_checkpoint(str(path), os.stat(path).st_mtime_ns, device or "cpu")
 
 
+def gaps_of(store: Path) -> list[str]:
+    """The inputs a finished forecast store was made without (its ``missing_inputs``
+    attribute, ``"; "``-separated); ``[]`` for a complete forecast."""
+    text = zarr.open_group(str(store), mode="r").attrs.get("missing_inputs", "")
+    return [item for item in str(text).split("; ") if item]
+
+
+def forecast_complete(store: Path) -> bool:
+    """Whether ``store`` is a finished forecast made with every input."""
+    return store.exists() and not gaps_of(store)
+
+
 def latest_complete_time(archive: Archive, ckpt: Checkpoint) -> np.datetime64:
     """The latest forecast time whose inputs are all in ``archive``; ValueError if none."""
     times = archive.complete_times(ckpt.config.task)
@@ -133,36 +151,42 @@ def run_forecast(
 
     Returns ``{"time", "forecast", "maps", "status", "files"}`` with ``status`` one of
     ``"already done"`` (nothing to do), ``"exported"`` (only the exports were missing)
-    or ``"forecast"`` (forecast made, and exported when ``formats``). Raises
-    :class:`MissingInputsError` when inputs are missing (and not ``allow_missing``),
-    ``metnet.forecast.ForecastError`` / ``ExportError`` for other user errors.
+    or ``"forecast"`` (forecast made, and exported when ``formats``). A degraded
+    forecast (made with ``allow_missing``) counts as done only while its inputs are
+    still missing and ``allow_missing`` is set; once they are all in the archive it is
+    redone. Raises :class:`MissingInputsError` when inputs are missing (and not
+    ``allow_missing``), ``metnet.forecast.ForecastError`` / ``ExportError`` for other
+    user errors.
     """
     t0 = parse_time(t0, "time")
     layout = OutputLayout(Path(outputs))
     path, maps = layout.forecast(t0), layout.maps(t0)
-    result = {"time": iso(t0), "forecast": str(path), "maps": str(maps), "files": {}}
-    have_forecast = path.exists() and not overwrite
-    have_maps = not formats or (
-        not overwrite and exports_complete(maps, formats, export_lead_times, products, path)
-    )
-    if have_forecast and have_maps:
-        return {**result, "status": "already done", "files": manifest_files(maps) if formats else {}}
-    if not have_forecast:
-        store = Archive.open(archive)
-        ckpt = load(checkpoint, device)
+    status = "already done"
+    if overwrite or not forecast_complete(path):
+        store, ckpt = Archive.open(archive), load(checkpoint, device)
         missing = store.missing_inputs(t0, ckpt.config.task)
         if missing and not allow_missing:
             raise MissingInputsError(t0, archive, missing)
-        forecast(
-            store, ckpt, t0, path, bbox=bbox, lead_times=lead_times, allow_missing=allow_missing,
-            overwrite=overwrite, batch_tiles=batch_tiles, device=device,
-        )  # fmt: skip
-    if formats:
-        result["files"] = write_exports(path, maps, formats, export_lead_times, products)
-    return {**result, "status": "exported" if have_forecast else "forecast"}
+        # A degraded forecast whose inputs are still missing is as good as it gets.
+        if overwrite or not (missing and path.exists()):
+            forecast(
+                store, ckpt, t0, path, bbox=bbox, lead_times=lead_times,
+                allow_missing=allow_missing, overwrite=path.exists(), batch_tiles=batch_tiles,
+                device=device,
+            )  # fmt: skip
+            status = "forecast"
+    files = manifest_files(maps) if formats else {}
+    if formats and (
+        status == "forecast"
+        or overwrite
+        or not exports_complete(maps, formats, export_lead_times, products, path)
+    ):
+        files = write_exports(path, maps, formats, export_lead_times, products)
+        status = "forecast" if status == "forecast" else "exported"
+    return {"time": iso(t0), "forecast": str(path), "maps": str(maps), "status": status, "files": files}
 
 
-@task(name="forecast", task_run_name="forecast {t0}", cache_policy=NO_CACHE)
+@task(name="forecast", task_run_name="forecast {t0}", tags=[FORECAST_TAG], cache_policy=NO_CACHE)
 def forecast_task(
     archive: str,
     checkpoint: str,
@@ -182,8 +206,7 @@ def forecast_task(
     result = run_forecast(
         archive, checkpoint, outputs, t0, formats=formats, lead_times=lead_times,
         export_lead_times=export_lead_times, products=products, bbox=bbox,
-        allow_missing=allow_missing,
-        overwrite=overwrite, batch_tiles=batch_tiles, device=device,
+        allow_missing=allow_missing, overwrite=overwrite, batch_tiles=batch_tiles, device=device,
     )  # fmt: skip
     get_run_logger().info("forecast %s: %s (%s)", result["time"], result["status"], result["forecast"])
     return result

@@ -1,7 +1,7 @@
 """The backfill flow against a real (temporary) Prefect API: resuming after a real kill
-of ``metnet backfill`` redoes only the missing times, missing inputs are reported, and
-the dask task runner (a LocalCluster of worker processes) gives the thread runner's
-outputs."""
+of ``metnet backfill`` redoes only the missing times, missing inputs are reported, the
+dask task runner (a LocalCluster of worker processes) gives the thread runner's outputs,
+and a tag concurrency limit on the server bounds the forecasts running at once."""
 
 from __future__ import annotations
 
@@ -9,13 +9,23 @@ import os
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
+from itertools import pairwise
 
 import numpy as np
 import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    TaskRunFilter,
+    TaskRunFilterStartTime,
+    TaskRunFilterTags,
+)
+from typer.testing import CliRunner
 
+from metnet.cli import app
 from pipelines.backfill import backfill_flow, forecast_times, make_task_runner
 from pipelines.common import stamp
-from pipelines.forecast import OutputLayout
+from pipelines.forecast import FORECAST_TAG, OutputLayout
 from tests.archive_fixtures import default_times, make_archive
 from tests.pipeline_fixtures import forecast_values, make_checkpoint
 
@@ -97,11 +107,10 @@ def test_resume_after_kill_does_only_the_missing_times(inputs, tmp_path, prefect
     assert len(after) == len(result["times"]) - len(result["missing_inputs"])
     assert made | set(result["already_done"]) | set(result["missing_inputs"]) == set(result["times"])
 
-    again = backfill_flow(
-        archive.store, str(ckpt), str(outputs), "2019-06-10T00:10", "2019-06-10T00:38",
-        interval_minutes=2, bbox=BBOX,
-    )  # fmt: skip
-    assert again["computed"] == [] and set(again["missing_inputs"]) == set(result["missing_inputs"])
+    again = CliRunner().invoke(app, ["backfill", *args])  # the command's own report
+    assert again.exit_code == 0, again.output
+    assert "backfill: 0 computed, 14 already done, 1 with missing inputs, of 15 times" in again.output
+    assert "2019-06-10T00:30: missing precipitation_rate at 2019-06-10T00:30" in again.output
     assert _stores(outputs) == after
 
 
@@ -120,3 +129,31 @@ def test_dask_runner_gives_the_thread_runner_outputs(inputs, tmp_path, prefect_a
         b = forecast_values(OutputLayout(tmp_path / "dask").forecast(t0))
         for name in a:
             np.testing.assert_array_equal(b[name], a[name], err_msg=f"{t} {name}")
+
+
+def test_tag_limit_bounds_forecasts_across_the_task_runner(inputs, tmp_path, prefect_api):
+    """``prefect concurrency-limit create metnet-forecast 1``: one forecast at a time even
+    with three threads (task runs' start and end times must not overlap)."""
+    archive, ckpt = inputs
+    began = datetime.now(UTC)
+    with get_client(sync_client=True) as client:
+        client.create_concurrency_limit(tag=FORECAST_TAG, concurrency_limit=1)
+    try:
+        result = backfill_flow(
+            archive.store, str(ckpt), str(tmp_path / "out"), "2019-06-10T00:10",
+            "2019-06-10T00:14", interval_minutes=2, max_workers=3, bbox=BBOX,
+        )  # fmt: skip
+    finally:
+        with get_client(sync_client=True) as client:
+            client.delete_concurrency_limit_by_tag(FORECAST_TAG)
+    assert len(result["computed"]) == 3
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            task_run_filter=TaskRunFilter(
+                tags=TaskRunFilterTags(all_=[FORECAST_TAG]),
+                start_time=TaskRunFilterStartTime(after_=began),
+            )
+        )
+    spans = sorted((r.start_time, r.end_time) for r in runs if r.state.is_completed())
+    assert len(spans) == 3
+    assert all(end <= next_start for (_, end), (next_start, _) in pairwise(spans))

@@ -8,12 +8,14 @@ import pytest
 
 from metnet.config import preset
 from metnet.forecast import forecast
+from metnet.sources.synthetic import synthetic_dataset
 from pipelines.common import iso
 from pipelines.export import MANIFEST, export_flow
 from pipelines.forecast import (
     MissingInputsError,
     OutputLayout,
     forecast_flow,
+    gaps_of,
     resolve_checkpoint,
 )
 from tests.archive_fixtures import default_times, make_archive
@@ -88,7 +90,7 @@ def test_latest_time_forecast_equals_library_and_is_idempotent(inputs, tmp_path)
     assert other["files"] == {"cog": ["20190610T0038Z_lead004min_rate_mean.tif"]}
 
 
-def test_missing_inputs_fail_with_the_list_and_write_nothing(tmp_path):
+def test_missing_inputs_fail_with_the_list_or_degrade_until_they_arrive(tmp_path):
     times = default_times()
     gap = np.datetime64("2019-06-10T00:20", "ns")
     archive = make_archive(tmp_path, times=times[times != gap])
@@ -104,7 +106,19 @@ def test_missing_inputs_fail_with_the_list_and_write_nothing(tmp_path):
     assert exc.missing == ["precipitation_rate at 2019-06-10T00:20"]
     assert "cannot forecast from 2019-06-10T00:30" in str(exc)
     assert "lacks 1 input(s):\n  precipitation_rate at 2019-06-10T00:20" in str(exc)
-    assert not OutputLayout(outputs).forecast(np.datetime64("2019-06-10T00:30")).exists()
+    store = OutputLayout(outputs).forecast(np.datetime64("2019-06-10T00:30"))
+    assert not store.exists()
+
+    # Degraded mode: made, marked, and "done" while the input is still missing ...
+    kwargs = {"time": "2019-06-10T00:30", "formats": [], "bbox": BBOX, "allow_missing": True}
+    assert forecast_flow(archive.store, str(ckpt), str(outputs), **kwargs)["status"] == "forecast"
+    assert gaps_of(store) == ["precipitation_rate at 2019-06-10T00:20"]
+    assert forecast_flow(archive.store, str(ckpt), str(outputs), **kwargs)["status"] == "already done"
+    # ... and redone, complete, once the late frame is in the archive.
+    archive.write(synthetic_dataset(archive.grid, [gap], 0, ("precipitation_rate",)))
+    kwargs["allow_missing"] = False
+    assert forecast_flow(archive.store, str(ckpt), str(outputs), **kwargs)["status"] == "forecast"
+    assert gaps_of(store) == []
 
 
 def test_no_complete_time_is_a_clear_error(tmp_path):
