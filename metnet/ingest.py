@@ -112,12 +112,19 @@ def _reason(exc: BaseException) -> str:
 
 def expected_variables(source: Source, path: str) -> tuple[str, ...] | None:
     """The variables ``path`` will yield, known without decoding it: the source's
-    ``variables_of(path)`` if it has one, else its single ``variable``; None = unknown."""
+    ``variables_of(path)`` if it has one, else its single ``variable``, else the fixed
+    ``variables`` tuple a source such as ``synthetic`` declares for every file;
+    None = unknown."""
     variables_of = getattr(source, "variables_of", None)
     if callable(variables_of):
         return tuple(variables_of(path))
     variable = getattr(source, "variable", None)
-    return (variable,) if isinstance(variable, str) else None
+    if isinstance(variable, str):
+        return (variable,)
+    declared = getattr(source, "variables", None)
+    if isinstance(declared, tuple) and all(isinstance(v, str) for v in declared):
+        return declared
+    return None
 
 
 def ingest_file(

@@ -6,7 +6,7 @@
 task, :data:`INGEST_THREADS` at a time. Around the library it adds:
 
 - **Skipping**: files whose slot is already in the archive (from the availability
-  index and the variables a file holds, :func:`variables_of`) get no task at all.
+  index and the variables a file holds, `metnet.ingest.expected_variables`) get no task at all.
 - **Retries**: a task whose file failed with a *transient* I/O error (see
   :func:`is_transient`: a URL that could not be read or listed, HTTP 5xx, 408 or 429,
   timeouts) is retried ``retries`` times with exponential back-off
@@ -199,23 +199,12 @@ def _open_archive(
         raise ValueError(f"{exc}; give preset or config_file to create it") from None
 
 
-def variables_of(source: Any, path: str) -> tuple[str, ...] | None:
-    """The variables ``path`` will yield without decoding it:
-    :func:`metnet.ingest.expected_variables`, or else the fixed ``variables`` a source
-    such as ``synthetic`` declares for every file; None when unknown."""
-    known = expected_variables(source, path)
-    declared = getattr(source, "variables", None)
-    if known is None and isinstance(declared, tuple) and all(isinstance(v, str) for v in declared):
-        return declared
-    return known
-
-
 def _already_ingested(store: Archive, source: Any, files: list[str]) -> set[str]:
     """Files whose slot holds every variable they would write (no data read)."""
     done = set()
     by_variables: dict[tuple[str, ...], list[str]] = {}
     for path in files:
-        variables = variables_of(source, path)
+        variables = expected_variables(source, path)
         if variables:
             by_variables.setdefault(variables, []).append(path)
     for variables, paths in by_variables.items():

@@ -124,3 +124,18 @@ def test_user_errors_are_reported_with_exit_code_1(tmp_path, grid_file):
     result, out = ingest("--input", str(tmp_path), "--archive", store, "--preset", "tiny")
     assert result.exit_code == 1
     assert "different grid" in out and "grid.nx: store 64, requested 128" in out
+
+
+def test_synthetic_rerun_skips_every_file_without_decoding(tmp_path):
+    """Sources that declare a fixed ``variables`` tuple are skipped by name alone."""
+    from metnet.ingest import expected_variables, ingest as ingest_files
+
+    source = get_source("synthetic", seed=3, variables=("precipitation_rate",))
+    path = "synthetic://seed=3/2019-06-10T00:02:00"
+    assert expected_variables(source, path) == ("precipitation_rate",)
+    archive = Archive.create(str(tmp_path / "a.zarr"), GridConfig(nx=32, ny=32, x_min_m=0.0))
+    period = (T0, T0 + 4 * MIN)
+    first = ingest_files(archive, source, ["synthetic://seed=3"], start=period[0], end=period[1])
+    assert first.times_written.size == 3 and first.files_read == 3 and first.ok
+    again = ingest_files(archive, source, ["synthetic://seed=3"], start=period[0], end=period[1])
+    assert len(again.skipped) == 3 and again.files_read == 0
