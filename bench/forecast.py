@@ -105,7 +105,8 @@ def run_case(spec: dict) -> dict:
 
 def child(spec: dict) -> dict:
     """Run one case in a fresh interpreter and return its result."""
-    done = subprocess.run([sys.executable, __file__, "--case", json.dumps(spec)], capture_output=True, text=True)
+    command = [sys.executable, __file__, "--case", json.dumps(spec)]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode:
         raise RuntimeError(f"case {spec['case']} {spec['method']} {spec['size']} km failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -159,8 +160,12 @@ def main() -> None:
     print()
     print(table(rows))
     results = {
-        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
-                    "python": platform.python_version()},  # fmt: skip
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+        },
         "model": "small preset, max_lead_time_minutes=480, untrained",
         "batch_tiles": args.batch_tiles,
         "threads": args.threads,

@@ -42,7 +42,11 @@ from pysteps import extrapolation, motion
 
 from metnet.archive import Archive
 from metnet.forecast import Domain, read_window
-from metnet.products import DEFAULT_QUANTILES, DEFAULT_THRESHOLDS, deterministic_forecast_dataset
+from metnet.products import (
+    DEFAULT_QUANTILES,
+    DEFAULT_THRESHOLDS,
+    deterministic_forecast_dataset,
+)
 
 #: The radar variable the baselines extrapolate, mm/h.
 RADAR_VARIABLE = "precipitation_rate"

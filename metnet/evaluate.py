@@ -56,7 +56,14 @@ import pandas as pd
 
 from metnet import bins, verify
 from metnet.archive import Archive
-from metnet.baselines import BASELINE_NAMES, BASELINES, Baseline, BaselineError, baseline_forecast, get_baseline
+from metnet.baselines import (
+    BASELINE_NAMES,
+    BASELINES,
+    Baseline,
+    BaselineError,
+    baseline_forecast,
+    get_baseline,
+)
 from metnet.checkpoint import Checkpoint
 from metnet.dataset import TARGET_VARIABLE
 from metnet.forecast import (
@@ -401,15 +408,15 @@ def _table(
     """The rows of ``metrics.csv``, model first, then the baselines in order."""
     nan = np.full((thr.size, leads.size), np.nan)
     methods = {
-        MODEL: dict(
-            counts=_at(model.counts, p_index),
-            brier=model.brier,
-            probability_threshold=verify.DEFAULT_PROBABILITY_THRESHOLDS[p_index],
-            ROC_AUC=verify.roc_auc(model.counts),
-            CRPS=np.broadcast_to(verify.mean_crps(model.crps), nan.shape),
-        ),
+        MODEL: {
+            "counts": _at(model.counts, p_index),
+            "brier": model.brier,
+            "probability_threshold": verify.DEFAULT_PROBABILITY_THRESHOLDS[p_index],
+            "ROC_AUC": verify.roc_auc(model.counts),
+            "CRPS": np.broadcast_to(verify.mean_crps(model.crps), nan.shape),
+        },
         **{
-            n: dict(counts=s.counts, brier=s.brier, probability_threshold=nan, ROC_AUC=nan, CRPS=nan)
+            n: {"counts": s.counts, "brier": s.brier, "probability_threshold": nan, "ROC_AUC": nan, "CRPS": nan}
             for n, s in base.items()
         },
     }

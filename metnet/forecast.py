@@ -53,7 +53,13 @@ import pyproj
 import torch
 import xarray as xr
 import zarr
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+)
 
 from metnet.archive import Archive
 from metnet.checkpoint import Checkpoint, load_checkpoint

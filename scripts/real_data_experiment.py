@@ -122,9 +122,11 @@ def main(argv: list[str] | None = None) -> int:
     report = [
         "# Real-data experiment (MRMS 2019-06-10 00:00-00:48 UTC)",
         "",
-        f"Config {args.config.name}; {trained.step} training steps of {config.train.batch_size} examples; "
-        f"test forecast times {times}; evaluation square {args.eval_km} km; "
-        f"F1 probability thresholds calibrated on forecasts from 00:12.",
+        (
+            f"Config {args.config.name}; {trained.step} training steps of {config.train.batch_size} examples; "
+            f"test forecast times {times}; evaluation square {args.eval_km} km; "
+            "F1 probability thresholds calibrated on forecasts from 00:12."
+        ),
         "",
         "Timings: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()),
         "",

@@ -17,7 +17,12 @@ from metnet.checkpoint import save_checkpoint
 from metnet.cli import app
 from metnet.config import preset
 from metnet.dataset import compute_normalization
-from metnet.evaluate import COLUMNS, DEFAULT_PROBABILITY_THRESHOLD, EvaluationError, evaluate
+from metnet.evaluate import (
+    COLUMNS,
+    DEFAULT_PROBABILITY_THRESHOLD,
+    EvaluationError,
+    evaluate,
+)
 from metnet.forecast import Domain, forecast
 from metnet.nn import MetNet
 from metnet.products import BIN_PROBABILITY, MEAN, PROBABILITY
@@ -141,7 +146,7 @@ def test_the_numbers_equal_verify_on_the_same_arrays(result, archive, checkpoint
                 np.testing.assert_allclose(row["F1"], f1[r, i], rtol=1e-6, equal_nan=True)
             else:
                 assert row["probability_threshold"] == DEFAULT_PROBABILITY_THRESHOLD
-            k = int(round(row["probability_threshold"] * 100))
+            k = round(row["probability_threshold"] * 100)
             assert row["hits"] == counts.hits[r, k, i] and row["false_alarms"] == counts.false_alarms[r, k, i]
             assert row["misses"] == counts.misses[r, k, i]
             assert row["correct_negatives"] == counts.correct_negatives[r, k, i]

@@ -93,7 +93,6 @@ def test_domain_grid_and_lonlat_bbox_agree_with_the_grid():
     np.testing.assert_array_equal(sub.y, GRID.y[8:24])
     lat, lon = GRID.lat_lon()
     box = lonlat_bbox(GRID, (lon.min(), lat.min(), lon.max(), lat.max()))
-    x0, y0, x1, y1 = GRID.bounds
     # The lon/lat box of every cell centre contains all centres (projected back).
     assert box[0] <= GRID.x[0] and box[2] >= GRID.x[-1] and box[1] <= GRID.y[-1] and box[3] >= GRID.y[0]
     assert domain_of(GRID, 8, box) == Domain(0, 0, 128, 128)
