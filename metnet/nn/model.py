@@ -90,10 +90,17 @@ class MetNet(nn.Module):
         if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
             raise ValueError(f"lead_chunk must be a positive integer or None, got {lead_chunk!r}")
         frame_term = self.downsampler.encode_frames(x)  # (B, T, C0, S, S), shared by all leads
-        parts = [
-            self._decode(frame_term, lead_index[:, i : i + chunk]) for i in range(0, leads, chunk)
-        ]
-        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)  # (B, L, bins, P, P)
+        if chunk >= leads:
+            return self._decode(frame_term, lead_index)  # (B, L, bins, P, P)
+        # Fill a preallocated output rather than concatenating chunks, so the logits of
+        # all lead times are held once, not twice, at the peak.
+        first = self._decode(frame_term, lead_index[:, :chunk])  # (B, chunk, bins, P, P)
+        logits = first.new_empty((first.shape[0], leads, *first.shape[2:]))  # (B, L, bins, P, P)
+        logits[:, :chunk] = first
+        del first
+        for i in range(chunk, leads, chunk):
+            logits[:, i : i + chunk] = self._decode(frame_term, lead_index[:, i : i + chunk])
+        return logits
 
     def _decode(self, frame_term: torch.Tensor, lead_index: torch.Tensor) -> torch.Tensor:
         """(B, T, C0, S, S) frame term and (B, L) lead indices -> (B, L, bins, P, P)."""
