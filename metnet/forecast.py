@@ -66,6 +66,7 @@ from metnet.checkpoint import Checkpoint, load_checkpoint
 from metnet.dataset import DatasetError, ExampleBuilder
 from metnet.grid import Grid
 from metnet.products import DEFAULT_QUANTILES, DEFAULT_THRESHOLDS, forecast_dataset
+from metnet.times import to_utc_datetime64
 from metnet.train import TrainError, check_archive_matches
 
 log = logging.getLogger(__name__)
@@ -202,14 +203,10 @@ def read_window(archive: Archive, variable: str, times: Any, domain: Domain) -> 
 
 def parse_time(value: Any, what: str = "forecast time") -> np.datetime64:
     """A UTC time (``datetime64``, or an ISO string, ``Z`` suffix allowed) as ``datetime64[ns]``."""
-    text = value[:-1] if isinstance(value, str) and value.endswith("Z") else value
     try:
-        t = np.datetime64(text, "ns")
-    except (TypeError, ValueError):
+        return to_utc_datetime64(value)
+    except ValueError:
         raise ForecastError(f"{what} {value!r} is not a time (use e.g. 2019-06-10T00:30)") from None
-    if np.isnat(t):
-        raise ForecastError(f"{what} {value!r} is not a time (use e.g. 2019-06-10T00:30)")
-    return t
 
 
 def _iso(t: np.datetime64) -> str:

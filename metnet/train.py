@@ -82,6 +82,7 @@ from metnet.dataset import (
 from metnet.ema import EMA
 from metnet.nn import MetNet
 from metnet.schedule import make_scheduler
+from metnet.times import to_utc_datetime64
 
 try:  # optional: TensorBoard logging when the tensorboard package is installed
     from torch.utils.tensorboard import SummaryWriter
@@ -294,12 +295,9 @@ def _parse_time(value: Any, what: str) -> np.datetime64 | None:
     if value is None:
         return None
     try:
-        t = np.datetime64(value, "ns")
-    except (TypeError, ValueError):
+        return to_utc_datetime64(value)
+    except ValueError:
         raise TrainError(f"{what}: not a time, got {value!r} (use e.g. 2019-06-10T00:00)") from None
-    if np.isnat(t):
-        raise TrainError(f"{what}: not a time, got {value!r}")
-    return t
 
 
 def resolve_periods(

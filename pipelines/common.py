@@ -17,6 +17,7 @@ import numpy as np
 
 from metnet.config import GridConfig, MetNetConfig, load_config, preset
 from metnet.sources import is_url
+from metnet.times import to_utc_datetime64
 
 
 def parse_time(value: Any, name: str) -> np.datetime64 | None:
@@ -27,15 +28,10 @@ def parse_time(value: Any, name: str) -> np.datetime64 | None:
     """
     if value is None:
         return None
-    if isinstance(value, datetime) and value.tzinfo is not None:
-        value = value.astimezone(UTC).replace(tzinfo=None)
     try:
-        t = np.datetime64(value, "ns")
-    except (ValueError, TypeError):
+        return to_utc_datetime64(value)
+    except ValueError:
         raise ValueError(f"{name}: not a time: {value!r} (e.g. 2019-06-10T00:10)") from None
-    if np.isnat(t):
-        raise ValueError(f"{name}: not a time: {value!r} (e.g. 2019-06-10T00:10)")
-    return t
 
 
 def utc_now() -> np.datetime64:
