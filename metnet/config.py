@@ -377,18 +377,27 @@ def config_from_dict(data: dict[str, Any], source: str | None = None) -> MetNetC
     return config
 
 
-def load_config(path: str | Path) -> MetNetConfig:
-    """Read and validate a YAML config file; errors name the file and each bad key."""
+def read_yaml(path: str | Path, error_type: type[ValueError] = ConfigError) -> Any:
+    """The parsed YAML document in ``path`` ({} when empty).
+
+    An unreadable file or invalid YAML raises ``error_type(errors, source)`` (a
+    :class:`ConfigError`-like class) naming the file.
+    """
     path = Path(path)
     try:
         text = path.read_text()
     except OSError as exc:
-        raise ConfigError([f"cannot read file: {exc.strerror}"], str(path)) from exc
+        raise error_type([f"cannot read file: {exc.strerror}"], str(path)) from exc
     try:
-        data = yaml.safe_load(text) or {}
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError([f"not valid YAML: {exc}"], str(path)) from exc
-    return config_from_dict(data, source=str(path))
+        raise error_type([f"not valid YAML: {exc}"], str(path)) from exc
+    return {} if data is None else data
+
+
+def load_config(path: str | Path) -> MetNetConfig:
+    """Read and validate a YAML config file; errors name the file and each bad key."""
+    return config_from_dict(read_yaml(path), source=str(path))
 
 
 def save_config(config: MetNetConfig, path: str | Path) -> None:

@@ -37,9 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from metnet.config import PRESET_NAMES
+from metnet.config import PRESET_NAMES, read_yaml
 from metnet.export import EXPORTER_NAMES
 from metnet.sources import SOURCE_NAMES
 
@@ -294,13 +292,5 @@ def serve_config_from_dict(data: Any, source: str | None = None) -> ServeConfig:
 
 def load_serve_config(path: str | Path) -> ServeConfig:
     """Read and validate a serve YAML file; errors name the file and each bad key."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ServeConfigError([f"cannot read file: {exc.strerror}"], str(path)) from exc
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ServeConfigError([f"not valid YAML: {exc}"], str(path)) from exc
-    return serve_config_from_dict(data if data is not None else {}, source=str(path))
+    data = read_yaml(path, ServeConfigError)
+    return serve_config_from_dict(data, source=str(path))
